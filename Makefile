@@ -1,0 +1,41 @@
+# Two commands set up everything on a fresh machine:
+#   make demo   - trains the default scenario (8-bit, 4 servers, every layer approximated)
+#   make test   - runs the default (fast) test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: venv demo test test-slow test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/optinc train --out runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_mesh.py --out runs/bench
+
+clean:
+	rm -rf $(VENV) runs
