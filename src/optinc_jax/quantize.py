@@ -1,0 +1,303 @@
+"""Block quantization of float gradients into B-bit unsigned integers (SwitchML-style).
+
+The flattened gradient is cut into blocks of ``block_size`` elements (the last one padded
+with zeros, the padding dropped again on the way back). Per block every server computes the
+exponent ``e = floor(log2 max|g|) + 1``, so that ``|g| < 2^e`` in the block; the servers agree
+on ``e_max``, the largest of their exponents (one small exchange, see
+:func:`exponent_overhead`), and all quantize with the same scale
+
+    ``f = (2^(B-1) - 1) / 2^e_max``,  ``q = clip(round(f g), -(2^(B-1)-1), 2^(B-1)-1)``,
+
+sent as offset binary ``u = q + 2^(B-1)`` in ``[0, 2^B)``. An averaged integer ``t`` is
+dequantized as ``(t - 2^(B-1)) / f``. Rounding is half to even (``jnp.round``).
+
+Because ``|g| < 2^e_max``, ``|f g| < 2^(B-1) - 1`` and the clip never acts on gradients
+quantized with their agreed exponents; it is the quantizer's documented saturation for
+exponents that are too small, not a coercion of valid input.
+
+**All-zero blocks.** A block whose ``max|g|`` is below the smallest normal float (all zeros)
+gets the exponent of the smallest normal number, ``finfo(dtype).minexp + 1`` (-125 for
+float32), which is no larger than any other block's exponent, so it never raises ``e_max``
+and its zeros quantize to ``q = 0``. The scale is applied as ``ldexp`` by ``-e_max``, so
+``f`` itself (about ``2^131`` there) is never formed and nothing overflows. Subnormal
+gradients are flushed to zero by XLA on CPU and quantize as zeros.
+
+**Precision.** The error bound ``|g - dequantize(quantize(g))| <= 0.5 / f`` holds up to the
+float rounding of ``f g``, i.e. while ``2^(B-1)`` is well below ``2^24`` for float32 inputs.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optinc_jax.pam4 import _require_in_range, _require_int, _require_integer_dtype, num_symbols
+
+DEFAULT_BLOCK_SIZE = 256
+"""Default number of gradient elements sharing one exponent."""
+
+
+def _require_float(name: str, x: jax.Array) -> None:
+    """Raise if ``x`` is not a floating array or (concrete) holds inf or NaN."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} must be finite in {x.dtype}, got inf or NaN")
+
+
+def _num_blocks(size: int, block_size: int) -> int:
+    """Number of blocks covering ``size`` elements."""
+    return -(-size // block_size)
+
+
+def _to_blocks(x: jax.Array, block_size: int) -> jax.Array:
+    """Flatten ``x``, pad with zeros to whole blocks: ``[num_blocks, block_size]``."""
+    flat = x.reshape(-1)
+    padding = _num_blocks(flat.size, block_size) * block_size - flat.size
+    return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
+
+
+def _from_blocks(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Drop the padding of :func:`_to_blocks` and restore ``shape``."""
+    return blocks.reshape(-1)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnames="block_size")
+def _block_exponents(g: jax.Array, block_size: int) -> jax.Array:
+    """Unvalidated jitted core of :func:`block_exponents`."""
+    peak = jnp.max(jnp.abs(_to_blocks(g, block_size)), axis=1)
+    _, exponent = jnp.frexp(peak)  # peak = m 2^exponent with m in [0.5, 1): exact e.
+    finfo = jnp.finfo(g.dtype)
+    return jnp.where(peak >= finfo.tiny, exponent, finfo.minexp + 1).astype(jnp.int32)
+
+
+def _check_exponents(exponents: jax.Array, size: int, block_size: int) -> None:
+    """Raise unless ``exponents`` is an integer ``[num_blocks]`` array for ``size`` elements."""
+    _require_integer_dtype("exponents", exponents)
+    expected = (_num_blocks(size, block_size),)
+    if exponents.shape != expected:
+        raise ValueError(
+            f"exponents must have shape {expected} ({size} elements in blocks of "
+            f"{block_size}), got {exponents.shape}"
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "block_size"))
+def _quantize_blocks(g: jax.Array, exponents: jax.Array, bits: int, block_size: int) -> jax.Array:
+    """Unvalidated jitted core of :func:`quantize_blocks`."""
+    q_max = 2 ** (bits - 1) - 1
+    scaled = jnp.ldexp(_to_blocks(g, block_size), -exponents[:, None])  # g / 2^e_max, exact
+    q = jnp.clip(jnp.round(scaled * q_max).astype(jnp.int32), -q_max, q_max)
+    return _from_blocks(q + 2 ** (bits - 1), g.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "block_size", "dtype"))
+def _dequantize_blocks(
+    t: jax.Array, exponents: jax.Array, bits: int, block_size: int, dtype: np.dtype
+) -> jax.Array:
+    """Unvalidated jitted core of :func:`dequantize_blocks`."""
+    centered = (_to_blocks(t.astype(jnp.int32), block_size) - 2 ** (bits - 1)).astype(dtype)
+    fraction = centered / jnp.asarray(2 ** (bits - 1) - 1, dtype)
+    return _from_blocks(jnp.ldexp(fraction, exponents[:, None]), t.shape)
+
+
+def block_exponents(g: jax.typing.ArrayLike, *, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
+    """One server's per-block exponents ``e = floor(log2 max|g|) + 1``.
+
+    Args:
+      g: ``[...]`` float gradient of one server (finite; checked when concrete).
+      block_size: elements per block; the flattened ``g`` is zero-padded to whole blocks.
+
+    Returns:
+      ``[num_blocks]`` int32 exponents, ``num_blocks = ceil(g.size / block_size)``, with
+      ``max|g| < 2^e`` in each block. All-zero blocks get ``finfo(g.dtype).minexp + 1``
+      (-125 for float32), see the module docstring.
+
+    Raises:
+      ValueError: if ``g`` is not a finite float array or ``block_size < 1``.
+
+    Examples:
+      >>> block_exponents(jnp.array([0.5, -3.0, 0.0, 0.0]), block_size=2)
+      Array([   2, -125], dtype=int32)
+    """
+    block_size = _require_int("block_size", block_size, 1)
+    g = jnp.asarray(g)
+    _require_float("g", g)
+    return _block_exponents(g, block_size)
+
+
+def shared_block_exponents(per_server_exponents: jax.typing.ArrayLike) -> jax.Array:
+    """Exponents all servers agree on: the largest one per block.
+
+    Args:
+      per_server_exponents: ``[servers, num_blocks]`` integer exponents from
+        :func:`block_exponents`.
+
+    Returns:
+      ``[num_blocks]`` int32 ``e_max``.
+
+    Raises:
+      ValueError: if the input is not a 2-D integer array with at least one server.
+
+    Examples:
+      >>> shared_block_exponents(jnp.array([[1, -3], [0, 2]]))
+      Array([1, 2], dtype=int32)
+    """
+    exponents = jnp.asarray(per_server_exponents)
+    _require_integer_dtype("per_server_exponents", exponents)
+    if exponents.ndim != 2 or exponents.shape[0] < 1:
+        raise ValueError(
+            "per_server_exponents must have shape [servers >= 1, num_blocks], "
+            f"got {exponents.shape}"
+        )
+    return jnp.max(exponents, axis=0).astype(jnp.int32)
+
+
+def quantize_blocks(
+    g: jax.typing.ArrayLike,
+    exponents: jax.typing.ArrayLike,
+    *,
+    bits: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> jax.Array:
+    """Quantize one server's gradient to offset-binary ``bits``-bit integers.
+
+    Args:
+      g: ``[...]`` float gradient (finite; checked when concrete).
+      exponents: ``[num_blocks]`` agreed exponents ``e_max`` (:func:`shared_block_exponents`).
+      bits: bit width ``B``; even, in ``[2, 30]``.
+      block_size: elements per block.
+
+    Returns:
+      ``[...]`` (shape of ``g``) int32 ``u = clip(round(f g), -(2^(B-1)-1), 2^(B-1)-1)
+      + 2^(B-1)`` with ``f = (2^(B-1) - 1) / 2^e_max``, in ``[1, 2^B - 1]``.
+
+    Raises:
+      ValueError: on invalid ``bits`` or ``block_size``, a non-finite or non-float ``g``, or
+        ``exponents`` of the wrong dtype or shape.
+
+    Examples:
+      >>> g = jnp.array([0.5, -0.25, 1.0])
+      >>> quantize_blocks(g, block_exponents(g, block_size=4), bits=8, block_size=4)
+      Array([160, 112, 192], dtype=int32)
+    """
+    num_symbols(bits)
+    block_size = _require_int("block_size", block_size, 1)
+    g = jnp.asarray(g)
+    _require_float("g", g)
+    exponents = jnp.asarray(exponents)
+    _check_exponents(exponents, g.size, block_size)
+    return _quantize_blocks(g, exponents, bits, block_size)
+
+
+def dequantize_blocks(
+    t: jax.typing.ArrayLike,
+    exponents: jax.typing.ArrayLike,
+    *,
+    bits: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    dtype: jax.typing.DTypeLike = jnp.float32,
+) -> jax.Array:
+    """Map offset-binary integers (e.g. an averaged gradient) back to floats.
+
+    Args:
+      t: ``[...]`` integers in ``[0, 2^bits)`` (checked when concrete).
+      exponents: ``[num_blocks]`` agreed exponents used to quantize.
+      bits: bit width ``B``; even, in ``[2, 30]``.
+      block_size: elements per block.
+      dtype: floating dtype of the result.
+
+    Returns:
+      ``[...]`` floats ``(t - 2^(B-1)) / f``, ``f = (2^(B-1) - 1) / 2^e_max``.
+
+    Raises:
+      ValueError: on invalid ``bits`` or ``block_size``, a non-integer or out-of-range ``t``,
+        or ``exponents`` of the wrong dtype or shape.
+
+    Examples:
+      >>> dequantize_blocks(jnp.array([160, 112, 192]), jnp.array([1]), bits=8, block_size=4)
+      Array([ 0.503937 , -0.2519685,  1.007874 ], dtype=float32)
+    """
+    num_symbols(bits)
+    block_size = _require_int("block_size", block_size, 1)
+    _require_in_range("t", t, 0, 2**bits)
+    t = jnp.asarray(t)
+    _require_integer_dtype("t", t)
+    exponents = jnp.asarray(exponents)
+    _check_exponents(exponents, t.size, block_size)
+    return _dequantize_blocks(t, exponents, bits, block_size, np.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "block_size"))
+def _quantize_gradients(
+    grads: jax.Array, bits: int, block_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Unvalidated jitted core of :func:`quantize_gradients`."""
+    exponents = shared_block_exponents(
+        jax.vmap(functools.partial(_block_exponents, block_size=block_size))(grads)
+    )
+    u = jax.vmap(
+        functools.partial(_quantize_blocks, bits=bits, block_size=block_size),
+        in_axes=(0, None),
+    )(grads, exponents)
+    return u, exponents
+
+
+def quantize_gradients(
+    grads: jax.typing.ArrayLike, *, bits: int, block_size: int = DEFAULT_BLOCK_SIZE
+) -> tuple[jax.Array, jax.Array]:
+    """Quantize every server's gradient with agreed per-block exponents.
+
+    Args:
+      grads: ``[servers, ...]`` float gradients, one row per server (finite).
+      bits: bit width ``B``; even, in ``[2, 30]``.
+      block_size: elements per block (blocks are per server, over ``grads[n]`` flattened).
+
+    Returns:
+      ``(u, exponents)``: ``u`` ``[servers, ...]`` int32 in ``[1, 2^B - 1]`` and the agreed
+      ``[num_blocks]`` int32 exponents needed by :func:`dequantize_blocks`.
+
+    Raises:
+      ValueError: on invalid ``bits`` or ``block_size``, or ``grads`` that is not a finite
+        float array with a leading servers axis.
+
+    Examples:
+      >>> u, e = quantize_gradients(jnp.array([[0.5, 1.0], [-1.5, 0.0]]), bits=4)
+      >>> u
+      Array([[10, 12],
+             [ 3,  8]], dtype=int32)
+      >>> e
+      Array([1], dtype=int32)
+    """
+    num_symbols(bits)
+    block_size = _require_int("block_size", block_size, 1)
+    grads = jnp.asarray(grads)
+    _require_float("grads", grads)
+    if grads.ndim < 1 or grads.shape[0] < 1:
+        raise ValueError(f"grads must have shape [servers >= 1, ...], got {grads.shape}")
+    return _quantize_gradients(grads, bits, block_size)
+
+
+def exponent_overhead(bits: int, block_size: int, exponent_bits: int = 8) -> float:
+    """Extra data of the exponent exchange, as a fraction of the quantized gradient.
+
+    Args:
+      bits: bit width ``B`` of each quantized value; even, in ``[2, 30]``.
+      block_size: elements per block (one exponent each).
+      exponent_bits: bits used to send one exponent.
+
+    Returns:
+      ``exponent_bits / (block_size * bits)``.
+
+    Raises:
+      ValueError: on invalid ``bits``, ``block_size < 1`` or ``exponent_bits < 1``.
+
+    Examples:
+      >>> exponent_overhead(8, 256)
+      0.00390625
+    """
+    num_symbols(bits)
+    block_size = _require_int("block_size", block_size, 1)
+    exponent_bits = _require_int("exponent_bits", exponent_bits, 1)
+    return exponent_bits / (block_size * bits)
