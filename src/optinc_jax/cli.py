@@ -159,3 +159,148 @@ def area_command(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--approx'") from None
     emit(_area_dict(report), as_json, _format_area)
+
+
+def _format_training(record: dict[str, Any]) -> str:
+    """One paragraph about a finished run."""
+    approx = area_model.format_approx(record["approx"])
+    errors = record["error_histogram"] or "none"
+    return "\n".join(
+        [
+            f"scenario {record['scenario']}: {record['bits']}-bit, {record['servers']} servers, "
+            f"ONN {record['layers']}, approximated matrices {approx}",
+            f"exhaustive accuracy of the projected ONN: {100 * record['accuracy']:.5f} % "
+            f"({record['correct']:,} of {record['total']:,})",
+            f"error histogram (t_hat - t: count): {errors}",
+            f"area ratio: {100 * record['area_ratio']:.2f} % "
+            f"({record['mzis']:,} of {record['mzis_full']:,} MZIs)",
+            f"epochs: {record['epochs']}, training time: {record['train_seconds']:.1f} s",
+        ]
+    )
+
+
+@main.command("train")
+@click.option("--scenario", default="8b4s", show_default=True, help="Registered scenario.")
+@click.option(
+    "--approx",
+    "approx_spec",
+    metavar="SPEC",
+    help="Approximated matrices: none, all or a list such as 4-6 [default: the scenario's].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="runs/train",
+    show_default=True,
+    help="Run directory (checkpoints, result.json, training.png).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
+@click.option("--seed", type=int, help="Initialization and sampling seed.")
+@click.option("--stage2", type=click.Choice(["hybrid", "literal", "ste"]), help="Stage-2 loss.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def train_command(
+    scenario: str,
+    approx_spec: str | None,
+    out_dir: str,
+    epochs: int | None,
+    seed: int | None,
+    stage2: str | None,
+    resume: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively."""
+    from optinc_jax.checkpoint import CheckpointError
+    from optinc_jax.train import TrainConfig, run
+
+    overrides = {"epochs": epochs, "seed": seed, "stage2": stage2}
+    try:
+        config = TrainConfig(scenario=scenario, approx=approx_spec).replace(
+            **{key: value for key, value in overrides.items() if value is not None}
+        )
+        result = run(config, out_dir, resume=resume, progress=not quiet)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    record = {key: value for key, value in result.record.items() if key != "history"}
+    record["run_dir"] = out_dir
+    emit(record, as_json, _format_training)
+
+
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1 << 16, show_default=True)
+@json_option
+def evaluate_command(run_dir: str, chunk_size: int, as_json: bool) -> None:
+    """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
+    from optinc_jax.area import onn_area
+    from optinc_jax.checkpoint import CheckpointError
+    from optinc_jax.evaluate import evaluate_exhaustive
+    from optinc_jax.train import load_run
+
+    try:
+        loaded = load_run(run_dir)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    evaluation = evaluate_exhaustive(
+        loaded.apply_fn, loaded.params, loaded.spec, chunk_size=chunk_size
+    )
+    report = onn_area(loaded.scenario.layers, loaded.approx_layers)
+    record = {
+        "run_dir": run_dir,
+        "scenario": loaded.scenario.name,
+        "bits": loaded.scenario.bits,
+        "servers": loaded.scenario.servers,
+        "layers": loaded.scenario.layers_string,
+        "approx": list(loaded.approx_layers),
+        "epochs": loaded.epoch,
+        **evaluation.to_json(),
+        "area_ratio": report.area_ratio,
+        "mzis": report.mzis,
+        "mzis_full": report.mzis_full,
+    }
+
+    def human(result: dict[str, Any]) -> str:
+        return (
+            f"{result['scenario']} after {result['epochs']} epochs: exhaustive accuracy "
+            f"{100 * result['accuracy']:.5f} % ({result['correct']:,} of {result['total']:,}), "
+            f"errors {result['error_histogram'] or 'none'}, area ratio "
+            f"{100 * result['area_ratio']:.2f} %"
+        )
+
+    emit(record, as_json, human)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Output .npz."
+)
+@json_option
+def export_command(run_dir: str, out_path: str, as_json: bool) -> None:
+    """Write RUN_DIR's projected ONN as plain arrays (weights_i [out, in], biases_i, scalars)."""
+    from optinc_jax.checkpoint import CheckpointError
+    from optinc_jax.export import export_arrays, save_exported
+    from optinc_jax.train import load_run
+
+    try:
+        loaded = load_run(run_dir)
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    arrays = export_arrays(
+        loaded.model,
+        loaded.params,
+        bits=loaded.scenario.bits,
+        servers=loaded.scenario.servers,
+        approx_layers=loaded.approx_layers,
+    )
+    path = save_exported(out_path, arrays)
+    result = {
+        "path": str(path),
+        "arrays": {name: list(array.shape) for name, array in sorted(arrays.items())},
+    }
+    emit(result, as_json, lambda r: f"wrote {r['path']} ({len(r['arrays'])} arrays)")

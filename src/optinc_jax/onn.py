@@ -1,0 +1,152 @@
+"""The optical neural network (ONN): a ReLU MLP in Flax NNX.
+
+The weight matrices are what the MZI meshes implement; ReLU stands for the optical
+nonlinearity. Inputs are the preprocessed values ``x_m`` in ``[0, 4^r - 1]``; outputs are
+the raw amplitudes of the ``K`` PAM4 symbols before the receiver rounds them. Fixed affine
+maps around the MLP (``input_shift``/``input_scale``, ``output_scale``/``output_shift``)
+centre the data; they are plain numbers, not trained, and are part of the export format:
+``y = MLP((x - input_shift) * input_scale) * output_scale + output_shift``.
+"""
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["ONN", "build_onn", "onn_apply_fn", "onn_weights", "weight_matrix_index"]
+
+
+class ONN(nnx.Module):
+    """ReLU MLP with fixed input/output affine maps.
+
+    Args:
+        layers: widths ``(I, h_1, ..., K)``.
+        rngs: NNX random streams for initialization.
+        input_shift: subtracted from every input (same unit as ``x``).
+        input_scale: multiplies the shifted input.
+        output_shift: added to the scaled MLP output (PAM4 symbol units).
+        output_scale: multiplies the MLP output.
+        param_dtype: dtype of weights and biases.
+
+    Examples:
+        >>> model = ONN((4, 8, 4), rngs=nnx.Rngs(0))
+        >>> model(jnp.zeros((3, 4))).shape
+        (3, 4)
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        *,
+        rngs: nnx.Rngs,
+        input_shift: float = 0.0,
+        input_scale: float = 1.0,
+        output_shift: float = 0.0,
+        output_scale: float = 1.0,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        layers = tuple(int(width) for width in layers)
+        if len(layers) < 2 or min(layers) < 1:
+            raise ValueError(f"layers must hold >= 2 positive widths, got {layers}")
+        self.layer_sizes = layers
+        self.input_shift = float(input_shift)
+        self.input_scale = float(input_scale)
+        self.output_shift = float(output_shift)
+        self.output_scale = float(output_scale)
+        self.layers = nnx.List(
+            [
+                nnx.Linear(fan_in, fan_out, rngs=rngs, param_dtype=param_dtype)
+                for fan_in, fan_out in itertools.pairwise(layers)
+            ]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Raw symbol amplitudes.
+
+        Args:
+            x: preprocessed inputs ``[..., I]``.
+
+        Returns:
+            ``[..., K]`` raw outputs (PAM4 symbol units, before rounding).
+        """
+        hidden = (x - self.input_shift) * self.input_scale
+        for layer in self.layers[:-1]:
+            hidden = jax.nn.relu(layer(hidden))
+        return self.layers[-1](hidden) * self.output_scale + self.output_shift
+
+
+def build_onn(layers: Sequence[int], *, symbols_per_input: int, seed: int = 0) -> ONN:
+    """ONN for inputs on ``[0, 4^r - 1]`` and outputs on the PAM4 levels ``0..3``.
+
+    Inputs are centred to ``[-1, 1]`` and the MLP's output is mapped so that 0 means
+    the middle level 1.5 and +-1 the extreme levels.
+
+    Args:
+        layers: widths ``(I, ..., K)``.
+        symbols_per_input: r, PAM4 symbols merged into each ONN input.
+        seed: initialization seed.
+
+    Returns:
+        A freshly initialized :class:`ONN`.
+    """
+    input_max = 4.0**symbols_per_input - 1.0
+    return ONN(
+        layers,
+        rngs=nnx.Rngs(seed),
+        input_shift=input_max / 2.0,
+        input_scale=2.0 / input_max,
+        output_shift=1.5,
+        output_scale=1.5,
+    )
+
+
+def weight_matrix_index(path: tuple) -> int | None:
+    """0-based index of the weight matrix a parameter path belongs to, if it is a kernel.
+
+    Works on paths of ``nnx.State`` leaves as well as of their pure-dict form.
+
+    Args:
+        path: a key path from ``jax.tree_util.tree_flatten_with_path``.
+
+    Returns:
+        The layer index for a ``layers/<i>/kernel`` leaf, else ``None``.
+    """
+    names = [getattr(key, "key", getattr(key, "name", getattr(key, "idx", None))) for key in path]
+    for position in range(len(names) - 2):
+        if names[position] == "layers" and names[position + 2] == "kernel":
+            return int(names[position + 1])
+    return None
+
+
+def onn_weights(params) -> list[tuple[jax.Array, jax.Array]]:
+    """The ``(W [out, in], b [out])`` pairs of an ONN parameter state, in layer order.
+
+    Args:
+        params: ``nnx.State`` (or its pure dict) holding ``layers/<i>/{kernel,bias}``.
+
+    Returns:
+        One ``(weight, bias)`` pair per layer; ``weight`` is ``kernel.T``.
+    """
+    pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    layers = pure["layers"]
+    return [(layers[i]["kernel"].T, layers[i]["bias"]) for i in sorted(layers, key=int)]
+
+
+def onn_apply_fn(model: ONN) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
+    """Splits a model into a pure ``apply(params, x) -> y`` and its parameter state.
+
+    Args:
+        model: the ONN.
+
+    Returns:
+        ``(apply, params)`` where ``apply(params, x [..., I]) -> [..., K]`` is pure and
+        jittable, and ``params`` is the ``nnx.State`` of its ``nnx.Param`` variables.
+    """
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def apply(state: nnx.State, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state)(x)
+
+    return apply, params

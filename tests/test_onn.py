@@ -1,0 +1,69 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from optinc_jax.onn import ONN, build_onn, onn_apply_fn, onn_weights, weight_matrix_index
+
+
+def test_forward_matches_manual_mlp():
+    model = ONN(
+        (3, 5, 4, 2),
+        rngs=nnx.Rngs(1),
+        input_shift=0.5,
+        input_scale=2.0,
+        output_shift=1.5,
+        output_scale=3.0,
+    )
+    x = jax.random.uniform(jax.random.key(0), (7, 3))
+    apply, params = onn_apply_fn(model)
+    hidden = (x - 0.5) * 2.0
+    pairs = onn_weights(params)
+    for i, (weight, bias) in enumerate(pairs):
+        chex.assert_shape(weight, (model.layer_sizes[i + 1], model.layer_sizes[i]))
+        hidden = hidden @ weight.T + bias[None, :]
+        if i < len(pairs) - 1:
+            hidden = jax.nn.relu(hidden)
+    expected = hidden * 3.0 + 1.5
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(apply)(params, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_build_onn_centres_inputs():
+    model = build_onn((4, 8, 4), symbols_per_input=1)
+    assert model.input_shift == 1.5 and model.input_scale == pytest.approx(2 / 3)
+    model = build_onn((4, 8, 8), symbols_per_input=2)
+    assert model.input_shift == 7.5
+
+
+def test_weight_matrix_index_on_state_paths():
+    _, params = onn_apply_fn(ONN((2, 3, 4, 1), rngs=nnx.Rngs(0)))
+    found = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        index = weight_matrix_index(path)
+        if index is not None:
+            found[index] = leaf.shape
+    assert found == {0: (2, 3), 1: (3, 4), 2: (4, 1)}
+    pure = nnx.to_pure_dict(params)
+    assert sorted(
+        weight_matrix_index(path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(pure)[0]
+        if weight_matrix_index(path) is not None
+    ) == [0, 1, 2]
+
+
+def test_bad_layers():
+    with pytest.raises(ValueError, match="widths"):
+        ONN((4,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="widths"):
+        ONN((4, 0, 2), rngs=nnx.Rngs(0))
+
+
+def test_apply_does_not_recompile():
+    apply, params = onn_apply_fn(build_onn((4, 8, 4), symbols_per_input=1))
+    jitted = jax.jit(apply)
+    jitted(params, jnp.zeros((5, 4)))
+    jitted(params, jnp.ones((5, 4)))
+    assert jitted._cache_size() == 1

@@ -1,0 +1,122 @@
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from optinc_jax.approx import approx_diag_unitary
+from optinc_jax.checkpoint import CheckpointError
+from optinc_jax.export import export_arrays, load_exported, mlp_forward_numpy, save_exported
+from optinc_jax.onn import onn_weights
+from optinc_jax.scenarios import make_scenario, register_scenario
+from optinc_jax.train import TrainConfig, load_run, run
+
+register_scenario(
+    make_scenario(
+        "test-4b2s", bits=4, servers=2, layers=(2, 64, 64, 64, 2), approx=(1, 2, 3, 4), inputs=2
+    ),
+    overwrite=True,
+)
+TINY = TrainConfig(
+    scenario="test-4b2s",
+    epochs=200,
+    batch_size=8,
+    switch_epoch=150,
+    learning_rate=1e-2,
+    symbol_weight_base=1.0,
+    checkpoint_every=25,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    return workdir, run(TINY, workdir, progress=False)
+
+
+def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
+    tmp_path, result = trained
+    assert result.evaluation.accuracy == 1.0
+    assert result.epochs <= TINY.epochs
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["accuracy"] == 1.0 and record["error_histogram"] == {}
+    assert record["config"]["scenario"] == "test-4b2s" and record["epochs"] == result.epochs
+    assert 0 < record["area_ratio"] < 1 and record["train_seconds"] > 0
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+    # every selected matrix is exactly (to float error) of diag x unitary form
+    for weight, _ in onn_weights(result.params):
+        np.testing.assert_allclose(weight, approx_diag_unitary(weight), atol=1e-5)
+
+
+def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
+    run_dir, result = trained
+    loaded = load_run(run_dir)
+    assert loaded.epoch == result.epochs
+    arrays = export_arrays(
+        loaded.model, loaded.params, bits=4, servers=2, approx_layers=loaded.approx_layers
+    )
+    path = save_exported(tmp_path / "weights.npz", arrays)
+    exported = load_exported(path)
+    # an independent evaluation: brute force over all server combinations in numpy
+    u = np.array(np.meshgrid(np.arange(16), np.arange(16))).reshape(2, -1)
+    symbols = (u[:, :, None] // 4 ** np.arange(2)) % 4  # [server, combo, K]
+    x = symbols.sum(axis=0) / 2.0  # r = 1: x_m = mean of symbol m
+    y = mlp_forward_numpy(exported, x)
+    t_hat = (np.clip(np.round(y), 0, 3) * 4 ** np.arange(2)).sum(-1)
+    accuracy = np.mean(t_hat == u.sum(0) // 2)
+    assert accuracy == result.evaluation.accuracy == 1.0
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
+    config = TINY.replace(epochs=7, stop_at_full_accuracy=False, checkpoint_every=2)
+    straight = run(config, tmp_path / "straight", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_five(epoch, history):
+        if epoch == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(config, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_five)
+    with pytest.raises(CheckpointError, match="resume"):
+        run(config, tmp_path / "resumed", progress=False)
+    with pytest.raises(CheckpointError, match="config"):
+        run(config.replace(seed=1), tmp_path / "resumed", progress=False, resume=True)
+    resumed = run(config, tmp_path / "resumed", progress=False, resume=True)
+    assert resumed.epochs == straight.epochs == 7
+    chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
+    assert resumed.record["history"]["loss"] == straight.record["history"]["loss"]
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    run(TINY.replace(epochs=2, stop_at_full_accuracy=False), tmp_path, progress=False)
+    for path in (tmp_path / "checkpoints").rglob("*"):
+        if path.is_file() and "record" not in str(path):
+            path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="stage2"):
+        TrainConfig(stage2="paper")
+    with pytest.raises(ValueError, match="unknown scenario"):
+        run(TrainConfig(scenario="nope"), "/tmp/unused", progress=False)
+
+
+def test_epoch_is_compiled_once_per_stage(tmp_path):
+    from optinc_jax import train as train_module
+
+    before = train_module._train_epoch._cache_size()
+    run(
+        TINY.replace(epochs=6, switch_epoch=3, stop_at_full_accuracy=False),
+        tmp_path,
+        progress=False,
+    )
+    assert train_module._train_epoch._cache_size() - before == 2
+    assert jax.device_count() >= 1
