@@ -120,3 +120,11 @@ def test_epoch_is_compiled_once_per_stage(tmp_path):
     )
     assert train_module._train_epoch._cache_size() - before == 2
     assert jax.device_count() >= 1
+
+
+@pytest.mark.slow
+def test_default_scenario_reaches_exact_projected_accuracy(tmp_path):
+    """The README main job: 8b4s, every layer approximated, 100 % after projection."""
+    result = run(TrainConfig(), tmp_path, progress=False)
+    assert result.evaluation.accuracy == 1.0
+    assert abs(result.record["area_ratio"] - 0.392) < 0.001
