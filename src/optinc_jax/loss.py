@@ -35,8 +35,8 @@ def symbol_weights(num_symbols: int, *, base: float = 2.0) -> jax.Array:
         ``[K]`` float32 weights.
 
     Examples:
-        >>> symbol_weights(2).tolist()
-        [0.3333333432674408, 0.6666666865348877]
+        >>> print(jnp.round(15 * symbol_weights(4), 4))
+        [1. 2. 4. 8.]
     """
     if num_symbols < 1 or base <= 0:
         raise ValueError(f"need num_symbols >= 1 and base > 0, got {num_symbols}, {base}")
