@@ -128,3 +128,19 @@ def test_default_scenario_reaches_exact_projected_accuracy(tmp_path):
     result = run(TrainConfig(), tmp_path, progress=False)
     assert result.evaluation.accuracy == 1.0
     assert abs(result.record["area_ratio"] - 0.392) < 0.001
+
+
+def test_data_parallel_training_matches_one_device(tmp_path):
+    from jax.sharding import Mesh
+
+    config = TINY.replace(epochs=3, stop_at_full_accuracy=False)
+    single = run(config, tmp_path / "single", progress=False)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded = run(config, tmp_path / "sharded", progress=False, mesh=mesh)
+    assert sharded.record["devices"] == 8
+    chex.assert_trees_all_close(sharded.params, single.params, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        sharded.record["history"]["loss"], single.record["history"]["loss"], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="divisible"):
+        run(config.replace(batch_size=12), tmp_path / "bad", progress=False, mesh=mesh)

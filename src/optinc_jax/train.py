@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optinc_jax.area import onn_area, parse_approx
 from optinc_jax.checkpoint import CheckpointError, TrainCheckpointer
@@ -48,6 +49,8 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # Up to this size an epoch is a random permutation of the dataset; above it minibatch
 # indices are drawn uniformly with replacement (a permutation of 13.8 M would dominate).
 PERMUTATION_LIMIT = 1 << 22
+
+DATA_AXIS = "data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +203,7 @@ def _steps_per_epoch(config: TrainConfig, spec: DatasetSpec) -> int:
 
 @partial(
     jax.jit,
-    static_argnames=("apply_fn", "tx", "spec", "stage", "steps", "config"),
+    static_argnames=("apply_fn", "tx", "spec", "stage", "steps", "config", "mesh"),
     donate_argnames=("state",),
 )
 def _train_epoch(
@@ -213,8 +216,14 @@ def _train_epoch(
     stage: int,
     steps: int,
     config: TrainConfig,
+    mesh: Mesh | None,
 ) -> tuple[TrainState, jax.Array]:
-    """One epoch as a scan over ``steps`` minibatches; returns the new state, mean loss."""
+    """One epoch as a scan over ``steps`` minibatches; returns the new state, mean loss.
+
+    With a mesh, every minibatch is split over its ``"data"`` axis while the parameters
+    stay replicated: XLA averages the gradients with an all-reduce, and the optimizer
+    update (projection included) is one logical, replicated computation per step.
+    """
     draws = steps * config.batch_size
     if spec.size <= PERMUTATION_LIMIT and draws <= spec.size:
         indices = jax.random.permutation(key, spec.size)[:draws]
@@ -241,7 +250,12 @@ def _train_epoch(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
-    state, losses = jax.lax.scan(step, state, indices.reshape(steps, config.batch_size))
+    indices = indices.reshape(steps, config.batch_size)
+    if mesh is not None:
+        indices = jax.lax.with_sharding_constraint(
+            indices, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+        )
+    state, losses = jax.lax.scan(step, state, indices)
     return state, jnp.mean(losses)
 
 
@@ -381,6 +395,7 @@ def run(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Trains, evaluates and records one OptINC ONN.
 
@@ -393,6 +408,10 @@ def run(
         progress: show a progress bar on stderr.
         on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch (after
             any checkpoint of that epoch is written).
+        mesh: optional device mesh with a ``"data"`` axis: data-parallel training (batch
+            sharded, parameters replicated) and sharded evaluation. ``batch_size`` must be
+            divisible by the axis size. The trajectory equals the one-device run up to
+            float reassociation in the gradient sum.
 
     Returns:
         The :class:`TrainResult`.
@@ -400,8 +419,17 @@ def run(
     Raises:
         CheckpointError: if ``workdir`` holds checkpoints and ``resume`` is false, or they
             belong to another configuration, or are corrupt.
+        ValueError: if the mesh lacks a ``"data"`` axis or does not divide the batch.
     """
     workdir = Path(workdir)
+    if mesh is not None:
+        if DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"mesh axes {mesh.axis_names} lack the {DATA_AXIS!r} axis")
+        if config.batch_size % mesh.shape[DATA_AXIS]:
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the "
+                f"{mesh.shape[DATA_AXIS]} devices of the mesh's {DATA_AXIS!r} axis"
+            )
     setup = _setup(config)
     scenario, approx_layers, spec = setup.scenario, setup.approx_layers, setup.spec
     apply_fn, steps = setup.apply_fn, setup.steps_per_epoch
@@ -422,6 +450,8 @@ def run(
                 f"not {config_dict}"
             )
         history, train_seconds = record["history"], record["train_seconds"]
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
     project_jit = jax.jit(setup.project)
     base_key = jax.random.key(config.seed)
@@ -439,12 +469,18 @@ def run(
             stage=stage,
             steps=steps,
             config=config,
+            mesh=mesh,
         )
         epoch += 1
         history["loss"].append(float(loss))
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             evaluation = evaluate_exhaustive(
-                apply_fn, project_jit(state.params), spec, chunk_size=config.eval_chunk_size
+                apply_fn,
+                project_jit(state.params),
+                spec,
+                chunk_size=config.eval_chunk_size,
+                mesh=mesh,
+                data_axis=DATA_AXIS,
             )
             history["eval_epoch"].append(epoch)
             history["accuracy"].append(evaluation.accuracy)
@@ -470,7 +506,12 @@ def run(
     final_params = project_jit(state.params)
     if evaluation is None or history["eval_epoch"][-1] != epoch:
         evaluation = evaluate_exhaustive(
-            apply_fn, final_params, spec, chunk_size=config.eval_chunk_size
+            apply_fn,
+            final_params,
+            spec,
+            chunk_size=config.eval_chunk_size,
+            mesh=mesh,
+            data_axis=DATA_AXIS,
         )
     area = onn_area(scenario.layers, approx_layers)
     record = {
@@ -490,6 +531,7 @@ def run(
         "steps_per_epoch": steps,
         "train_seconds": train_seconds,
         "device": jax.devices()[0].platform,
+        "devices": 1 if mesh is None else mesh.size,
         "config": config_dict,
         "history": history,
     }
