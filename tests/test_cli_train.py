@@ -17,8 +17,17 @@ def test_train_evaluate_export_json(tmp_path):
     run_dir = tmp_path / "run"
     trained = runner.invoke(
         main,
-        ["train", "--scenario", "cli-4b1s", "--out", str(run_dir), "--epochs", "3", "--quiet"]
-        + ["--json"],
+        [
+            "train",
+            "--scenario",
+            "cli-4b1s",
+            "--out",
+            str(run_dir),
+            "--epochs",
+            "3",
+            "--quiet",
+            "--json",
+        ],
     )
     assert trained.exit_code == 0, trained.output
     record = json.loads(trained.stdout)

@@ -49,6 +49,13 @@ def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
         np.testing.assert_allclose(weight, approx_diag_unitary(weight), atol=1e-5)
 
 
+def test_resuming_a_finished_run_trains_no_further(trained):
+    run_dir, result = trained
+    assert result.epochs < TINY.epochs  # it stopped at the first projected 100 %
+    again = run(TINY, run_dir, progress=False, resume=True)
+    assert again.epochs == result.epochs and again.evaluation == result.evaluation
+
+
 def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
     run_dir, result = trained
     loaded = load_run(run_dir)

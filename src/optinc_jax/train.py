@@ -437,7 +437,7 @@ def run(
     config_dict = dataclasses.asdict(config)
     history = {"loss": [], "eval_epoch": [], "accuracy": [], "switch_epoch": config.switch_epoch}
     checkpointer = TrainCheckpointer(workdir / "checkpoints")
-    start_epoch, train_seconds = 0, 0.0
+    start_epoch, train_seconds, done = 0, 0.0, False
     if checkpointer.latest_epoch() is not None:
         if not resume:
             raise CheckpointError(
@@ -450,12 +450,13 @@ def run(
                 f"not {config_dict}"
             )
         history, train_seconds = record["history"], record["train_seconds"]
+        done = record["stopped_at_full_accuracy"]
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
     project_jit = jax.jit(setup.project)
     base_key = jax.random.key(config.seed)
-    epoch, evaluation, done = start_epoch, None, False
+    epoch, evaluation = start_epoch, None
     bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
     while epoch < config.epochs and not done:
         tic = time.perf_counter()
@@ -490,7 +491,12 @@ def run(
             checkpointer.save(
                 epoch,
                 state,
-                {"config": config_dict, "history": history, "train_seconds": train_seconds},
+                {
+                    "config": config_dict,
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "stopped_at_full_accuracy": done,
+                },
             )
         bar.update(1)
         bar.set_postfix(
