@@ -57,6 +57,10 @@ DATA_AXIS = "data"
 class TrainConfig:
     """Everything that determines a training run (all of it lands in ``result.json``).
 
+    The defaults train the default scenario (8b4s, every matrix approximated) to a
+    projected 100 % on a 2-core CPU: measured at epoch 81 (about 41 s of training) with
+    seed 0. Batch 128 beat 256 and 64 there (256: 99.98 % after 150 epochs).
+
     Attributes:
         scenario: registered scenario name (see :mod:`optinc_jax.scenarios`).
         approx: weight matrices to approximate: ``None`` for the scenario's own selection,
@@ -87,13 +91,13 @@ class TrainConfig:
 
     scenario: str = "8b4s"
     approx: str | None = None
-    epochs: int = 250
-    batch_size: int = 256
+    epochs: int = 100
+    batch_size: int = 128
     steps_per_epoch: int | None = None
     learning_rate: float = 3e-3
     schedule: str = "onecycle"
     warmup_fraction: float = 0.2
-    switch_epoch: int = 150
+    switch_epoch: int = 60
     stage2: str = "hybrid"
     symbol_weight_base: float = 1.0
     project_every: int = 1
