@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(VENV)/bin/optinc train --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks experiments
-	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/ruff check src tests benchmarks experiments conftest.py
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments conftest.py
 	$(VENV)/bin/python -m pytest -q
 
 test-slow: $(STAMP)
@@ -31,11 +31,13 @@ test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks experiments
-	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
+	$(VENV)/bin/ruff format src tests benchmarks experiments conftest.py
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments conftest.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_mesh.py --out runs/bench
+	$(VENV)/bin/python benchmarks/bench_train.py --out runs/bench
+	$(VENV)/bin/python benchmarks/bench_scale.py --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs
