@@ -1,5 +1,11 @@
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from optinc_jax.cli import main
@@ -58,3 +64,32 @@ def test_bad_train_arguments_are_one_line_errors(tmp_path):
         assert "Traceback" not in result.output and "Error:" in result.output
     result = runner.invoke(main, ["evaluate", str(tmp_path)])
     assert result.exit_code == 1 and "no checkpoint" in result.output
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real SIGKILL of `optinc train` after its first checkpoint, then --resume."""
+    optinc = Path(sys.executable).with_name("optinc")
+    args = [str(optinc), "train", "--scenario", "8b4s", "--epochs", "25", "--quiet", "--json"]
+    killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+    process = subprocess.Popen([*args, "--out", str(killed_dir)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (killed_dir / "checkpoints" / "10").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "result.json").exists()
+    resumed = subprocess.run(
+        [*args, "--out", str(killed_dir), "--resume"], capture_output=True, check=True, text=True
+    )
+    straight = subprocess.run(
+        [*args, "--out", str(straight_dir)], capture_output=True, check=True, text=True
+    )
+    resumed_record, straight_record = json.loads(resumed.stdout), json.loads(straight.stdout)
+    for key in ("accuracy", "correct", "epochs", "error_histogram"):
+        assert resumed_record[key] == straight_record[key]
+    assert (
+        json.loads((killed_dir / "result.json").read_text())["history"]["loss"]
+        == json.loads((straight_dir / "result.json").read_text())["history"]["loss"]
+    )
