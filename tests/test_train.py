@@ -151,3 +151,11 @@ def test_data_parallel_training_matches_one_device(tmp_path):
     )
     with pytest.raises(ValueError, match="divisible"):
         run(config.replace(batch_size=12), tmp_path / "bad", progress=False, mesh=mesh)
+
+
+def test_projection_schedule():
+    from optinc_jax.train import _projection_due
+
+    config = TINY.replace(project_every=3, project_start=1)
+    assert [e for e in range(1, 12) if _projection_due(config, e)] == [4, 7, 10]
+    assert all(_projection_due(TINY, e) for e in range(1, 5))

@@ -63,8 +63,6 @@ _EXPORTS: dict[str, str] = {
     "encode_pam4": "pam4",
     "num_symbols": "pam4",
     "pam4_levels": "pam4",
-    "ProjectionState": "projection",
-    "periodic_projection": "projection",
     "projection_diag_unitary": "projection",
     "block_exponents": "quantize",
     "dequantize_blocks": "quantize",

@@ -1,22 +1,17 @@
 """Hardware-aware projection of ONN weights onto the diagonal x unitary structure.
 
-:func:`projection_diag_unitary` is the pure ``params -> params`` map;
-:func:`periodic_projection` wraps it as an optax ``GradientTransformation`` that, every
-``every_steps`` optimizer steps, turns the update into the one that lands the parameters
-exactly on the projection of where they would have gone.
+:func:`projection_diag_unitary` is the pure ``params -> params`` map (named like
+``optax.projections``); the trainer applies it every ``project_every`` epochs.
 """
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from optinc_jax.approx import approx_diag_unitary
 from optinc_jax.onn import weight_matrix_index
 
-__all__ = ["ProjectionState", "periodic_projection", "projection_diag_unitary"]
+__all__ = ["projection_diag_unitary"]
 
 
 def projection_diag_unitary(
@@ -50,54 +45,3 @@ def projection_diag_unitary(
         return approx_diag_unitary(leaf.T, side=side, refine_steps=refine_steps).T
 
     return jax.tree_util.tree_map_with_path(project_leaf, params)
-
-
-class ProjectionState(NamedTuple):
-    """Step counter of :func:`periodic_projection`."""
-
-    count: jax.Array
-
-
-def periodic_projection(
-    project: Callable, *, every_steps: int, start_step: int = 0
-) -> optax.GradientTransformationExtraArgs:
-    """Optax transformation applying ``project`` to the parameters on a step schedule.
-
-    On step ``s`` (0-based count of updates) with ``s + 1 >= start_step + every_steps`` and
-    ``(s + 1 - start_step) % every_steps == 0`` the incoming update ``u`` is replaced by
-    ``project(params + u) - params``, so ``optax.apply_updates`` yields projected
-    parameters; on other steps ``u`` passes through. Chain it last.
-
-    Args:
-        project: ``params -> params`` projection, e.g. a partial of
-            :func:`projection_diag_unitary`.
-        every_steps: period in optimizer steps (>= 1).
-        start_step: steps before which no projection happens.
-
-    Returns:
-        The gradient transformation; ``update`` requires ``params``.
-    """
-    if every_steps < 1 or start_step < 0:
-        raise ValueError(
-            f"need every_steps >= 1 and start_step >= 0, got {every_steps}, {start_step}"
-        )
-
-    def init(params) -> ProjectionState:
-        del params
-        return ProjectionState(count=jnp.zeros((), jnp.int32))
-
-    def update(updates, state: ProjectionState, params=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError("periodic_projection needs params in update()")
-        done = state.count + 1 - start_step
-        due = (done >= every_steps) & (done % every_steps == 0)
-
-        def projected(updates):
-            target = project(optax.apply_updates(params, updates))
-            return jax.tree_util.tree_map(lambda new, old: new - old, target, params)
-
-        updates = jax.lax.cond(due, projected, lambda updates: updates, updates)
-        return updates, ProjectionState(count=state.count + 1)
-
-    return optax.GradientTransformationExtraArgs(init, update)

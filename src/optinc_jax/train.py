@@ -4,8 +4,10 @@
 two-stage loss, Adam and a learning-rate schedule. Each epoch is one jitted ``lax.scan``
 over minibatches whose sample indices are drawn on device and whose samples are generated
 on device, so nothing crosses between host and device inside an epoch. The selected
-weight matrices are projected onto diagonal x unitary blocks on a schedule (an optax
-transformation chained after Adam); every evaluation measures the *projected* network
+weight matrices are projected onto diagonal x unitary blocks every ``project_every``
+epochs, between the jitted epochs (an SVD inside ``lax.cond`` inside the epoch's
+``lax.scan`` deadlocked XLA's CPU runtime for 8b8s); every evaluation measures the
+*projected* network
 exhaustively, training stops at the first projected 100 %, and the final parameters are
 always projected. Checkpoints are written atomically and a killed run resumes from the
 last one with the same result it would have reached uninterrupted.
@@ -31,7 +33,7 @@ from optinc_jax.dataset import DatasetSpec, dataset_samples, make_dataset_spec
 from optinc_jax.evaluate import EvaluationResult, evaluate_exhaustive
 from optinc_jax.loss import STAGE2_LOSSES, symbol_weights, two_stage_loss
 from optinc_jax.onn import ONN, build_onn, onn_apply_fn
-from optinc_jax.projection import periodic_projection, projection_diag_unitary
+from optinc_jax.projection import projection_diag_unitary
 from optinc_jax.scenarios import Scenario, get_scenario
 
 __all__ = [
@@ -263,6 +265,12 @@ def _train_epoch(
     return state, jnp.mean(losses)
 
 
+def _projection_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether the parameters are projected after ``epoch`` (1-based) epochs."""
+    done = epoch - config.project_start
+    return done >= config.project_every and done % config.project_every == 0
+
+
 def _plot_history(history: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -311,14 +319,7 @@ def _setup(config: TrainConfig) -> _RunSetup:
         side=config.approx_side,
         refine_steps=config.refine_steps,
     )
-    tx = optax.chain(
-        optax.adam(_learning_rate_schedule(config, config.epochs * steps)),
-        periodic_projection(
-            project,
-            every_steps=config.project_every * steps,
-            start_step=config.project_start * steps,
-        ),
-    )
+    tx = optax.adam(_learning_rate_schedule(config, config.epochs * steps))
     return _RunSetup(
         scenario,
         approx_layers,
@@ -478,10 +479,13 @@ def run(
         )
         epoch += 1
         history["loss"].append(float(loss))
+        projected = _projection_due(config, epoch)
+        if projected:
+            state = state._replace(params=project_jit(state.params))
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             evaluation = evaluate_exhaustive(
                 apply_fn,
-                project_jit(state.params),
+                state.params if projected else project_jit(state.params),
                 spec,
                 chunk_size=config.eval_chunk_size,
                 mesh=mesh,
