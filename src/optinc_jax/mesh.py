@@ -1,0 +1,387 @@
+"""Rectangular (Clements) MZI meshes: phases -> unitary, and light propagation.
+
+Layout for ``n`` modes: ``n`` columns; column ``c`` (0-based) holds MZIs on the mode pairs
+``(m, m + 1)`` for ``m = c % 2, c % 2 + 2, ...`` with ``m + 1 < n``, i.e. even columns on
+``(0, 1), (2, 3), ...`` and odd columns on ``(1, 2), (3, 4), ...``, for ``n (n - 1) / 2``
+MZIs in all (none for ``n = 1``). Parameter arrays list the MZIs column by column,
+increasing ``m`` inside a column (see :func:`clements_layout`). Light enters column 0
+first and leaves through a screen of ``n`` output phase shifters, so the mesh implements
+
+    U = diag(exp(i * output_phase)) @ T_col(n-1) @ ... @ T_col(0),
+
+with ``T_col(c)`` the identity-padded product of the :func:`optinc_jax.mzi.mzi_transfer`
+matrices of column ``c``. The real (orthogonal) variant uses Givens rotations
+``mzi_transfer(theta, 0)`` in the same layout and a screen of ``+-1`` output signs.
+
+The forward maps never build an ``n x n`` matrix per MZI: the mesh is applied column by
+column to the light (``lax.scan`` over pairs of columns), each column being one vectorised
+2 x 2 rotation of all its mode pairs. ``clements_unitary`` applies the mesh to the identity.
+All functions take one phase set; stack phase sets and ``jax.vmap`` for batches.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+
+class ClementsPhases(NamedTuple):
+    """Phases of an ``n``-mode rectangular complex mesh (all in radians).
+
+    Attributes:
+        theta: Internal MZI angles ``[n (n - 1) / 2]``, in the layout order of
+            :func:`clements_layout`.
+        phi: External MZI phases ``[n (n - 1) / 2]``, same order.
+        output_phase: Output phase screen ``[n]``; ``n`` is read from its last dimension.
+    """
+
+    theta: jax.Array
+    phi: jax.Array
+    output_phase: jax.Array
+
+
+class OrthogonalPhases(NamedTuple):
+    """Parameters of an ``n``-mode rectangular real (orthogonal) mesh.
+
+    Attributes:
+        theta: Givens rotation angles in radians ``[n (n - 1) / 2]``, in the layout order of
+            :func:`clements_layout`.
+        output_sign: Output sign screen ``[n]`` of ``+1.0`` / ``-1.0`` (a float array; it is
+            a phase screen restricted to 0 and pi). ``n`` is read from its last dimension.
+    """
+
+    theta: jax.Array
+    output_sign: jax.Array
+
+
+def mzi_count(n: int) -> int:
+    """Number of MZIs ``n (n - 1) / 2`` in an ``n``-mode rectangular mesh.
+
+    Args:
+        n: Number of modes, ``n >= 1``.
+
+    Returns:
+        The MZI count (0 for ``n = 1``).
+
+    Raises:
+        ValueError: If ``n`` is not a positive integer.
+
+    Examples:
+        >>> mzi_count(4)
+        6
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"number of modes n must be a positive integer, got {n!r}")
+    return int(n) * (int(n) - 1) // 2
+
+
+@functools.cache
+def clements_layout(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column and upper mode of every MZI of an ``n``-mode mesh, in parameter order.
+
+    Args:
+        n: Number of modes, ``n >= 1``.
+
+    Returns:
+        ``(column, top_mode)``: two read-only int arrays ``[n (n - 1) / 2]``; MZI ``k``
+        (the ``k``-th entry of ``theta`` / ``phi``) sits in column ``column[k]`` on the
+        modes ``(top_mode[k], top_mode[k] + 1)``. Cached per ``n``.
+
+    Raises:
+        ValueError: If ``n`` is not a positive integer.
+
+    Examples:
+        >>> clements_layout(4)
+        (array([0, 0, 1, 2, 2, 3]), array([0, 2, 1, 0, 2, 1]))
+    """
+    mzi_count(n)
+    tops = [np.arange(c % 2, n - 1, 2) for c in range(n)]
+    column = np.concatenate([np.full(len(t), c) for c, t in enumerate(tops)]).astype(int)
+    top_mode = np.concatenate(tops).astype(int)
+    column.flags.writeable = False
+    top_mode.flags.writeable = False
+    return column, top_mode
+
+
+def _check_mesh(theta: jax.Array, screen: jax.Array, screen_name: str) -> int:
+    """Validate the shapes of one phase set; return the number of modes ``n``."""
+    if screen.ndim != 1 or screen.shape[0] < 1:
+        raise ValueError(
+            f"{screen_name} must have shape [n] with n >= 1, got shape {screen.shape} "
+            "(vmap over stacked phase sets instead of passing a batch)"
+        )
+    n = screen.shape[0]
+    expected = (mzi_count(n),)
+    if theta.shape != expected:
+        raise ValueError(
+            f"theta has shape {theta.shape}, but {screen_name} of shape {screen.shape} "
+            f"means n={n} modes, which needs theta of shape {expected}"
+        )
+    for name, value in (("theta", theta), (screen_name, screen)):
+        if jnp.issubdtype(value.dtype, jnp.complexfloating):
+            raise ValueError(f"{name} must be real, got dtype {value.dtype}")
+    return n
+
+
+def _check_light(x: jax.Array, n: int) -> None:
+    if x.ndim < 1 or x.shape[-1] != n:
+        raise ValueError(f"x must have shape [..., {n}] for an {n}-mode mesh, got {x.shape}")
+
+
+def _apply_column(coeffs: tuple[jax.Array, ...], x: jax.Array, offset: int) -> jax.Array:
+    """Rotate the mode pairs ``(offset + 2j, offset + 2j + 1)`` of ``x [n, ...]``.
+
+    ``coeffs = (t00, t01, t10, t11)``, each ``[k]``, are the 2 x 2 transfer matrices of the
+    ``k`` MZIs of the column; the other modes pass unchanged.
+    """
+    k = coeffs[0].shape[0]
+    if k == 0:
+        return x
+    rest = x.shape[1:]
+    t00, t01, t10, t11 = (t.reshape((k,) + (1,) * len(rest)) for t in coeffs)
+    pairs = x[offset : offset + 2 * k].reshape((k, 2, *rest))
+    top, bottom = pairs[:, 0], pairs[:, 1]
+    rotated = jnp.stack([t00 * top + t01 * bottom, t10 * top + t11 * bottom], axis=1)
+    return jnp.concatenate(
+        [x[:offset], rotated.reshape((2 * k, *rest)), x[offset + 2 * k :]], axis=0
+    )
+
+
+def _propagate(coeffs: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
+    """Apply all MZI columns (column 0 first) to ``x [n, ...]`` (modes first).
+
+    Args:
+        coeffs: ``(t00, t01, t10, t11)``, each ``[n (n - 1) / 2]`` in layout order: the
+            transfer matrices ``[[t00, t01], [t10, t11]]`` of all MZIs.
+        x: Light, modes on axis 0, same dtype as the coefficients.
+
+    Returns:
+        ``T_col(n-1) @ ... @ T_col(0) @ x``, shape of ``x``.
+    """
+    n = x.shape[0]
+    even, odd = n // 2, (n - 1) // 2  # MZIs in an even / odd column
+    n_pairs = n // 2  # full (even, odd) column pairs; odd n leaves one even column
+    split = n_pairs * (even + odd)
+
+    def per_pair(t: jax.Array) -> jax.Array:
+        return t[:split].reshape(n_pairs, even + odd)
+
+    xs = tuple(per_pair(t) for t in coeffs)
+
+    def two_columns(light: jax.Array, column_pair: tuple[jax.Array, ...]) -> tuple:
+        light = _apply_column(tuple(t[:even] for t in column_pair), light, 0)
+        light = _apply_column(tuple(t[even:] for t in column_pair), light, 1)
+        return light, None
+
+    x, _ = jax.lax.scan(two_columns, x, xs)
+    return _apply_column(tuple(t[split:] for t in coeffs), x, 0)
+
+
+def _screen(factors: jax.Array, x: jax.Array) -> jax.Array:
+    """Multiply mode ``i`` (axis 0) of ``x [n, ...]`` by ``factors[i]`` (the output screen)."""
+    return factors.reshape((-1,) + (1,) * (x.ndim - 1)) * x
+
+
+def _clements_coeffs(phases: ClementsPhases) -> tuple[jax.Array, ...]:
+    theta = jnp.asarray(phases.theta)
+    phase = jnp.exp(1j * jnp.asarray(phases.phi))
+    c, s = jnp.cos(theta).astype(phase.dtype), jnp.sin(theta).astype(phase.dtype)
+    return phase * c, -s, phase * s, c
+
+
+def _orthogonal_coeffs(phases: OrthogonalPhases, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+    theta = jnp.asarray(phases.theta)
+    c, s = jnp.cos(theta).astype(dtype), jnp.sin(theta).astype(dtype)
+    return c, -s, s, c
+
+
+def _as_clements(phases: ClementsPhases) -> tuple[ClementsPhases, int]:
+    phases = ClementsPhases(*(jnp.asarray(p) for p in phases))
+    n = _check_mesh(phases.theta, phases.output_phase, "output_phase")
+    if phases.phi.shape != phases.theta.shape:
+        raise ValueError(
+            f"phi has shape {phases.phi.shape}, expected the shape of theta "
+            f"{phases.theta.shape} (n={n} modes)"
+        )
+    if jnp.issubdtype(phases.phi.dtype, jnp.complexfloating):
+        raise ValueError(f"phi must be real, got dtype {phases.phi.dtype}")
+    return phases, n
+
+
+def _as_orthogonal(phases: OrthogonalPhases) -> tuple[OrthogonalPhases, int]:
+    phases = OrthogonalPhases(*(jnp.asarray(p) for p in phases))
+    return phases, _check_mesh(phases.theta, phases.output_sign, "output_sign")
+
+
+@jax.jit
+def apply_clements(phases: ClementsPhases, x: ArrayLike) -> jax.Array:
+    """Propagate light through a complex rectangular mesh: ``y[b] = U @ x[b]``.
+
+    Args:
+        phases: One :class:`ClementsPhases` set for ``n`` modes.
+        x: Input field amplitudes ``[..., n]`` (e.g. ``[batch, n]`` or ``[n]``), real or
+            complex.
+
+    Returns:
+        Output amplitudes ``[..., n]``, complex (complex64, or complex128 with x64).
+
+    Raises:
+        ValueError: If the phase shapes do not match each other or ``x``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> bar = ClementsPhases(jnp.zeros(1), jnp.zeros(1), jnp.array([0.0, jnp.pi]))
+        >>> apply_clements(bar, jnp.array([1.0, 1.0])).real.round(6)
+        Array([ 1., -1.], dtype=float32)
+    """
+    phases, n = _as_clements(phases)
+    x = jnp.asarray(x)
+    _check_light(x, n)
+    coeffs = _clements_coeffs(phases)
+    dtype = jnp.result_type(coeffs[0], x)
+    light = jnp.moveaxis(x.astype(dtype), -1, 0)
+    y = _propagate(tuple(t.astype(dtype) for t in coeffs), light)
+    return jnp.moveaxis(_screen(jnp.exp(1j * phases.output_phase).astype(dtype), y), 0, -1)
+
+
+@jax.jit
+def clements_unitary(phases: ClementsPhases) -> jax.Array:
+    """Unitary ``U [n, n]`` implemented by a complex rectangular mesh.
+
+    Built by propagating the identity through the mesh (``n`` vectorised column
+    rotations, ``O(n^3)`` work in all).
+
+    Args:
+        phases: One :class:`ClementsPhases` set for ``n`` modes (vmap for a batch).
+
+    Returns:
+        Complex ``[n, n]`` (complex64, or complex128 for float64 phases): ``U[i, j]`` is the
+        amplitude in output mode ``i`` for unit input in mode ``j``.
+
+    Raises:
+        ValueError: If the phase shapes do not match.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> cross = ClementsPhases(jnp.array([jnp.pi / 2]), jnp.zeros(1), jnp.zeros(2))
+        >>> clements_unitary(cross).real.round(6) + 0.0
+        Array([[ 0., -1.],
+               [ 1.,  0.]], dtype=float32)
+    """
+    phases, n = _as_clements(phases)
+    coeffs = _clements_coeffs(phases)
+    eye = jnp.eye(n, dtype=coeffs[0].dtype)
+    return _screen(jnp.exp(1j * phases.output_phase), _propagate(coeffs, eye))
+
+
+@jax.jit
+def apply_orthogonal(phases: OrthogonalPhases, x: ArrayLike) -> jax.Array:
+    """Propagate light through a real rectangular mesh: ``y[b] = Q @ x[b]``.
+
+    Args:
+        phases: One :class:`OrthogonalPhases` set for ``n`` modes.
+        x: Input amplitudes ``[..., n]`` (e.g. ``[batch, n]``), real or complex.
+
+    Returns:
+        Output amplitudes ``[..., n]`` with the promoted dtype of ``x`` and the angles.
+
+    Raises:
+        ValueError: If the parameter shapes do not match each other or ``x``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> swap = OrthogonalPhases(jnp.array([jnp.pi / 2]), jnp.array([1.0, -1.0]))
+        >>> apply_orthogonal(swap, jnp.array([1.0, 0.0])).round(6) + 0.0
+        Array([ 0., -1.], dtype=float32)
+    """
+    phases, n = _as_orthogonal(phases)
+    x = jnp.asarray(x)
+    _check_light(x, n)
+    dtype = jnp.result_type(phases.theta, x, float)
+    light = jnp.moveaxis(x.astype(dtype), -1, 0)
+    y = _propagate(_orthogonal_coeffs(phases, dtype), light)
+    return jnp.moveaxis(_screen(phases.output_sign.astype(dtype), y), 0, -1)
+
+
+@jax.jit
+def orthogonal_matrix(phases: OrthogonalPhases) -> jax.Array:
+    """Orthogonal matrix ``Q [n, n]`` implemented by a real rectangular mesh.
+
+    ``Q = diag(output_sign) @ G_col(n-1) @ ... @ G_col(0)`` with Givens-rotation columns.
+
+    Args:
+        phases: One :class:`OrthogonalPhases` set for ``n`` modes (vmap for a batch).
+
+    Returns:
+        Real ``[n, n]`` with the floating dtype of ``theta``.
+
+    Raises:
+        ValueError: If the parameter shapes do not match.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> orthogonal_matrix(OrthogonalPhases(jnp.zeros(1), jnp.array([1.0, -1.0]))) + 0.0
+        Array([[ 1.,  0.],
+               [ 0., -1.]], dtype=float32)
+    """
+    phases, n = _as_orthogonal(phases)
+    dtype = jnp.result_type(phases.theta, float)
+    q = _propagate(_orthogonal_coeffs(phases, dtype), jnp.eye(n, dtype=dtype))
+    return _screen(phases.output_sign.astype(dtype), q)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def random_clements_phases(
+    key: jax.Array, n: int, dtype: jnp.dtype = jnp.float32
+) -> ClementsPhases:
+    """Random phases: ``theta ~ U[0, pi/2]``, ``phi, output_phase ~ U[0, 2 pi)`` (radians).
+
+    These are uniform phases, not Haar-distributed unitaries (use a Haar sampler and
+    :func:`optinc_jax.decompose.decompose_clements` for those).
+
+    Args:
+        key: A JAX PRNG key.
+        n: Number of modes, ``n >= 1``.
+        dtype: Real floating dtype of the phases.
+
+    Returns:
+        A :class:`ClementsPhases` for ``n`` modes.
+
+    Raises:
+        ValueError: If ``n`` is not a positive integer.
+    """
+    m = mzi_count(n)
+    k_theta, k_phi, k_out = jax.random.split(key, 3)
+    return ClementsPhases(
+        theta=jax.random.uniform(k_theta, (m,), dtype, 0.0, jnp.pi / 2),
+        phi=jax.random.uniform(k_phi, (m,), dtype, 0.0, 2 * jnp.pi),
+        output_phase=jax.random.uniform(k_out, (n,), dtype, 0.0, 2 * jnp.pi),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def random_orthogonal_phases(
+    key: jax.Array, n: int, dtype: jnp.dtype = jnp.float32
+) -> OrthogonalPhases:
+    """Random real mesh: ``theta ~ U[-pi, pi)`` (radians), independent fair ``+-1`` signs.
+
+    Args:
+        key: A JAX PRNG key.
+        n: Number of modes, ``n >= 1``.
+        dtype: Real floating dtype of the parameters.
+
+    Returns:
+        An :class:`OrthogonalPhases` for ``n`` modes.
+
+    Raises:
+        ValueError: If ``n`` is not a positive integer.
+    """
+    m = mzi_count(n)
+    k_theta, k_sign = jax.random.split(key)
+    return OrthogonalPhases(
+        theta=jax.random.uniform(k_theta, (m,), dtype, -jnp.pi, jnp.pi),
+        output_sign=jax.random.rademacher(k_sign, (n,), dtype),
+    )
