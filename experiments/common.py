@@ -4,7 +4,7 @@ A table is a list of :class:`PaperRow` (a scenario, the approximated weight matr
 the paper's figures for them). :func:`run_table` trains every selected row with
 :func:`optinc_jax.train.run` under ``workdir/<row name>/``, then writes
 ``workdir/<table>.json`` (a list of row dicts, ours beside the paper's) and
-``workdir/<table>.md``.
+``workdir/<table>.md`` and the figure ``workdir/<table>.png``.
 
 Budgets (the ``budget`` field of every JSON row, also listed under the markdown table):
 
@@ -276,7 +276,48 @@ def run_table(
     results = [_run_row(row, stem, config, workdir) for row in select_rows(rows, config.rows)]
     (workdir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (workdir / f"{stem}.md").write_text(markdown_table(title, results))
+    plot_table(title, results, workdir / f"{stem}.png")
     return results
+
+
+def plot_table(title: str, rows: Sequence[dict], path: Path) -> None:
+    """Bar charts of area ratio and exhaustive error rate per row, ours beside the paper's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["name"] for row in rows]
+    positions = np.arange(len(rows))
+    width = 0.38
+    fig, (ax_area, ax_error) = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(rows) + 4), 4.2))
+    ax_area.bar(positions - width / 2, [r["area_ratio_percent"] for r in rows], width, label="ours")
+    ax_area.bar(
+        positions + width / 2, [r["paper_area_ratio_percent"] for r in rows], width, label="paper"
+    )
+    ax_area.set(ylabel="area ratio (% of MZIs)", title="area")
+    floor = 1e-7  # error rates below this are drawn at the floor (exact networks)
+    ax_error.bar(
+        positions - width / 2,
+        [max(1 - r["accuracy"], floor) for r in rows],
+        width,
+        label="ours (measured)",
+    )
+    ax_error.bar(
+        positions + width / 2,
+        [max(1 - r["paper_accuracy_percent"] / 100, floor) for r in rows],
+        width,
+        label="paper",
+    )
+    ax_error.set_yscale("log")
+    ax_error.set(ylabel=f"1 - exhaustive accuracy (floor {floor:g} = exact)", title="errors")
+    for axis in (ax_area, ax_error):
+        axis.set_xticks(positions, names, rotation=30, ha="right")
+        axis.legend()
+    fig.suptitle(f"{title}: ours (projected ONN) vs the paper; budgets in the .md file")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def parse_config(description: str, rows: Sequence[PaperRow], argv=None) -> tuple:

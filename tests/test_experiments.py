@@ -101,6 +101,7 @@ def test_table1_one_row(tmp_path):
     assert sum(row["error_histogram"].values()) == wrong
     assert (tmp_path / "8b4s-approx" / "result.json").exists()
     markdown = (tmp_path / "table1.md").read_text()
+    assert (tmp_path / "table1.png").stat().st_size > 10_000
     assert "| 8b4s-approx | 8 | 4 | 4-64-128-256-128-64-4 | 1-6 |" in markdown
     assert "39.3 %" in markdown and "smoke" in markdown
     # A second run with the same config reuses the finished row instead of training again.
