@@ -341,3 +341,10 @@ def parse_config(description: str, rows: Sequence[PaperRow], argv=None) -> tuple
     )
     select_rows(rows, config.rows)
     return config, args.out
+
+
+def table_main(stem: str, title: str, rows: Sequence[PaperRow], description: str, argv=None):
+    """A table script's ``main``: parse the command line, run, print the markdown."""
+    config, out = parse_config(description, rows, argv)
+    run_table(stem, title, rows, config, out)
+    print((Path(out) / f"{stem}.md").read_text())

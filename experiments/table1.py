@@ -20,8 +20,8 @@ from common import (
     ExperimentConfig,
     PaperRow,
     paper_area_percent,
-    parse_config,
     run_table,
+    table_main,
 )
 from optinc_jax.scenarios import get_scenario
 
@@ -50,9 +50,7 @@ def run(config: ExperimentConfig, workdir: str | Path) -> list[dict]:
 
 def main(argv=None) -> None:
     """Command-line entry point."""
-    config, out = parse_config(__doc__.splitlines()[0], ROWS, argv)
-    run(config, out)
-    print((Path(out) / "table1.md").read_text())
+    table_main("table1", "Table I", ROWS, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

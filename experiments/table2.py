@@ -19,8 +19,8 @@ from common import (
     ExperimentConfig,
     PaperRow,
     paper_area_percent,
-    parse_config,
     run_table,
+    table_main,
 )
 from optinc_jax.area import parse_approx
 
@@ -53,9 +53,7 @@ def run(config: ExperimentConfig, workdir: str | Path) -> list[dict]:
 
 def main(argv=None) -> None:
     """Command-line entry point."""
-    config, out = parse_config(__doc__.splitlines()[0], ROWS, argv)
-    run(config, out)
-    print((Path(out) / "table2.md").read_text())
+    table_main("table2", "Table II", ROWS, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

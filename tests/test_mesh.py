@@ -277,3 +277,17 @@ def test_no_recompilation_on_second_call():
         size = fn._cache_size()
         fn(*args2)
         assert fn._cache_size() == size
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 8, 16])
+def test_propagation_and_matrix_paths_agree(batch, x64):
+    """Batches below n propagate column by column, larger ones use the built matrix."""
+    n = 8
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, n)) + 1j * rng.standard_normal((batch, n))
+    phases = phases_np(n, 3, np.float64)
+    expected = x @ np.asarray(clements_unitary(phases)).T
+    chex.assert_trees_all_close(apply_clements(phases, x), expected, atol=1e-12)
+    real = orthogonal_np(n, 4, np.float64)
+    expected = x.real @ np.asarray(orthogonal_matrix(real)).T
+    chex.assert_trees_all_close(apply_orthogonal(real, x.real), expected, atol=1e-12)

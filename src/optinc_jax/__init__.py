@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "decompose_clements": "decompose",
     "decompose_orthogonal": "decompose",
     "EvaluationResult": "evaluate",
+    "default_chunk_size": "evaluate",
     "evaluate_exhaustive": "evaluate",
     "predict_values": "evaluate",
     "export_arrays": "export",

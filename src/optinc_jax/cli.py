@@ -233,9 +233,11 @@ def train_command(
 
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--chunk-size", type=click.IntRange(min=1), default=1 << 16, show_default=True)
+@click.option(
+    "--chunk-size", type=click.IntRange(min=1), help="Samples per chunk [default: backend's]."
+)
 @json_option
-def evaluate_command(run_dir: str, chunk_size: int, as_json: bool) -> None:
+def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> None:
     """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
     from optinc_jax.area import onn_area
     from optinc_jax.checkpoint import CheckpointError

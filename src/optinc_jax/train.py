@@ -86,7 +86,8 @@ class TrainConfig:
         approx_side: ``"left"`` (``diag(d) U``) or ``"right"`` (``U diag(d)``).
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
-        eval_chunk_size: samples per evaluation chunk.
+        eval_chunk_size: samples per evaluation chunk (``None``: the backend's default,
+            :func:`optinc_jax.evaluate.default_chunk_size`).
         checkpoint_every: checkpoint period in epochs (also at the end).
         stop_at_full_accuracy: stop at the first evaluation with projected 100 %.
         seed: initialization and sampling seed.
@@ -108,7 +109,7 @@ class TrainConfig:
     approx_side: str = "left"
     refine_steps: int = 0
     eval_every: int = 1
-    eval_chunk_size: int = 1 << 16
+    eval_chunk_size: int | None = None
     checkpoint_every: int = 10
     stop_at_full_accuracy: bool = True
     seed: int = 0
@@ -120,12 +121,13 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "project_every": self.project_every,
             "eval_every": self.eval_every,
-            "eval_chunk_size": self.eval_chunk_size,
             "checkpoint_every": self.checkpoint_every,
         }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.eval_chunk_size is not None and self.eval_chunk_size < 1:
+            raise ValueError(f"eval_chunk_size must be >= 1 or None, got {self.eval_chunk_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if not self.learning_rate > 0:
