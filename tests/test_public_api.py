@@ -29,3 +29,51 @@ def test_package_import_is_lazy():
     code = "import sys, optinc_jax; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_reexports_are_the_module_objects():
+    from optinc_jax import (
+        approx,
+        area,
+        checkpoint,
+        cli,
+        dataset,
+        decompose,
+        evaluate,
+        export,
+        loss,
+        mesh,
+        mzi,
+        onn,
+        pam4,
+        projection,
+        quantize,
+        scenarios,
+        svd_mapping,
+        train,
+        units,
+    )
+
+    pairs = [
+        (approx.approx_diag_unitary, "approx_diag_unitary"),
+        (area.area_ratio, "area_ratio"),
+        (checkpoint.TrainCheckpointer, "TrainCheckpointer"),
+        (dataset.dataset_samples, "dataset_samples"),
+        (decompose.decompose_clements, "decompose_clements"),
+        (evaluate.evaluate_exhaustive, "evaluate_exhaustive"),
+        (export.export_arrays, "export_arrays"),
+        (loss.two_stage_loss, "two_stage_loss"),
+        (mesh.clements_unitary, "clements_unitary"),
+        (mzi.mzi_transfer, "mzi_transfer"),
+        (onn.ONN, "ONN"),
+        (pam4.encode_pam4, "encode_pam4"),
+        (projection.projection_diag_unitary, "projection_diag_unitary"),
+        (quantize.quantize_gradients, "quantize_gradients"),
+        (scenarios.get_scenario, "get_scenario"),
+        (svd_mapping.map_matrix_svd, "map_matrix_svd"),
+        (train.run, "run"),
+        (units.receiver, "receiver"),
+    ]
+    for obj, name in pairs:
+        assert getattr(optinc_jax, name) is obj
+    assert cli.main.name == "main"
