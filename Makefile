@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/optinc train --out runs/demo
+	$(VENV)/bin/optinc train --out runs/demo --resume
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments conftest.py
