@@ -60,6 +60,8 @@ def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
     run_dir, result = trained
     loaded = load_run(run_dir)
     assert loaded.epoch == result.epochs
+    # the reloaded network is bit for bit the one that was evaluated
+    chex.assert_trees_all_close(loaded.params, result.params, atol=0, rtol=0)
     arrays = export_arrays(
         loaded.model, loaded.params, bits=4, servers=2, approx_layers=loaded.approx_layers
     )
@@ -126,7 +128,6 @@ def test_epoch_is_compiled_once_per_stage(tmp_path):
         progress=False,
     )
     assert train_module._train_epoch._cache_size() - before == 2
-    assert jax.device_count() >= 1
 
 
 @pytest.mark.slow

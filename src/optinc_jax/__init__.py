@@ -98,6 +98,7 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "train",
     "TrainResult": "train",
     "TrainState": "train",
+    "evaluation_record": "train",
     "load_run": "train",
     "resolve_scenario": "train",
     "run": "train",

@@ -239,10 +239,9 @@ def train_command(
 @json_option
 def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> None:
     """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
-    from optinc_jax.area import onn_area
     from optinc_jax.checkpoint import CheckpointError
     from optinc_jax.evaluate import evaluate_exhaustive
-    from optinc_jax.train import load_run
+    from optinc_jax.train import evaluation_record, load_run
 
     try:
         loaded = load_run(run_dir)
@@ -251,19 +250,10 @@ def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> Non
     evaluation = evaluate_exhaustive(
         loaded.apply_fn, loaded.params, loaded.spec, chunk_size=chunk_size
     )
-    report = onn_area(loaded.scenario.layers, loaded.approx_layers)
     record = {
         "run_dir": run_dir,
-        "scenario": loaded.scenario.name,
-        "bits": loaded.scenario.bits,
-        "servers": loaded.scenario.servers,
-        "layers": loaded.scenario.layers_string,
-        "approx": list(loaded.approx_layers),
         "epochs": loaded.epoch,
-        **evaluation.to_json(),
-        "area_ratio": report.area_ratio,
-        "mzis": report.mzis,
-        "mzis_full": report.mzis_full,
+        **evaluation_record(loaded.scenario, loaded.approx_layers, evaluation),
     }
 
     def human(result: dict[str, Any]) -> str:

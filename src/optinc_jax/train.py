@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "evaluation_record",
     "load_run",
     "resolve_scenario",
     "run",
@@ -274,6 +275,17 @@ def _projection_due(config: TrainConfig, epoch: int) -> bool:
     return done >= config.project_every and done % config.project_every == 0
 
 
+def _hardware_params(config: TrainConfig, epoch: int, params, project: Callable):
+    """The parameters as mapped to hardware after ``epoch`` epochs.
+
+    After a projection epoch they already are projected and are returned as they are, so
+    that training, ``result.json``, :func:`load_run` and the export all see the very same
+    arrays (projecting twice agrees only up to float rounding); otherwise they are
+    projected now.
+    """
+    return params if _projection_due(config, epoch) else project(params)
+
+
 def _plot_history(history: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -382,7 +394,7 @@ def load_run(workdir: str | Path) -> LoadedRun:
         state, epoch, _ = checkpointer.restore(setup.initial_state)
     finally:
         checkpointer.close()
-    params = jax.jit(setup.project)(state.params)
+    params = _hardware_params(config, epoch, state.params, jax.jit(setup.project))
     nnx.update(setup.model, params)
     return LoadedRun(
         config,
@@ -482,13 +494,12 @@ def run(
         )
         epoch += 1
         history["loss"].append(float(loss))
-        projected = _projection_due(config, epoch)
-        if projected:
+        if _projection_due(config, epoch):
             state = state._replace(params=project_jit(state.params))
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             evaluation = evaluate_exhaustive(
                 apply_fn,
-                state.params if projected else project_jit(state.params),
+                _hardware_params(config, epoch, state.params, project_jit),
                 spec,
                 chunk_size=config.eval_chunk_size,
                 mesh=mesh,
@@ -520,7 +531,7 @@ def run(
     bar.close()
     checkpointer.close()
 
-    final_params = project_jit(state.params)
+    final_params = _hardware_params(config, epoch, state.params, project_jit)
     if evaluation is None or history["eval_epoch"][-1] != epoch:
         evaluation = evaluate_exhaustive(
             apply_fn,
@@ -530,20 +541,8 @@ def run(
             mesh=mesh,
             data_axis=DATA_AXIS,
         )
-    area = onn_area(scenario.layers, approx_layers)
     record = {
-        "scenario": scenario.name,
-        "bits": scenario.bits,
-        "servers": scenario.servers,
-        "layers": scenario.layers_string,
-        "approx": list(approx_layers),
-        "accuracy": evaluation.accuracy,
-        "correct": evaluation.correct,
-        "total": evaluation.total,
-        "error_histogram": evaluation.to_json()["error_histogram"],
-        "area_ratio": area.area_ratio,
-        "mzis": area.mzis,
-        "mzis_full": area.mzis_full,
+        **evaluation_record(scenario, approx_layers, evaluation),
         "epochs": epoch,
         "steps_per_epoch": steps,
         "train_seconds": train_seconds,
@@ -561,6 +560,34 @@ def run(
         f"{evaluation.accuracy:.5%} after {epoch} epochs",
     )
     return TrainResult(evaluation, final_params, apply_fn, epoch, record)
+
+
+def evaluation_record(
+    scenario: Scenario, approx_layers: tuple[int, ...], evaluation: EvaluationResult
+) -> dict:
+    """JSON-ready description of an evaluated network: scenario, accuracy, errors, area.
+
+    Args:
+        scenario: the scenario.
+        approx_layers: 1-based approximated weight matrices.
+        evaluation: its exhaustive evaluation.
+
+    Returns:
+        ``scenario, bits, servers, layers, approx``, the fields of
+        :meth:`EvaluationResult.to_json` and ``area_ratio, mzis, mzis_full``.
+    """
+    area = onn_area(scenario.layers, approx_layers)
+    return {
+        "scenario": scenario.name,
+        "bits": scenario.bits,
+        "servers": scenario.servers,
+        "layers": scenario.layers_string,
+        "approx": list(approx_layers),
+        **evaluation.to_json(),
+        "area_ratio": area.area_ratio,
+        "mzis": area.mzis,
+        "mzis_full": area.mzis_full,
+    }
 
 
 def _write_json_atomically(path: Path, document: dict) -> None:
