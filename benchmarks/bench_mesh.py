@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.decompose import decompose_clements
-from optinc_jax.mesh import (
+from optinc_jax.photonics.decompose import decompose_clements
+from optinc_jax.photonics.mesh import (
     ClementsPhases,
     apply_clements,
     clements_layout,

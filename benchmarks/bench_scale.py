@@ -37,11 +37,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from optinc_jax.dataset import make_dataset_spec
-from optinc_jax.evaluate import evaluate_exhaustive
-from optinc_jax.onn import build_onn, onn_apply_fn
+from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.evaluate import evaluate_exhaustive
+from optinc_jax.learning.onn import build_onn, onn_apply_fn
+from optinc_jax.learning.train import TrainConfig, _setup, _train_epoch  # the exact training epoch
 from optinc_jax.scenarios import get_scenario
-from optinc_jax.train import TrainConfig, _setup, _train_epoch  # the exact training epoch
 
 
 def _random_onn(layers, bits: int, servers: int):

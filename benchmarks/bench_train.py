@@ -23,11 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from optinc_jax.dataset import make_dataset_spec
-from optinc_jax.evaluate import evaluate_exhaustive
-from optinc_jax.onn import build_onn, onn_apply_fn
+from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.evaluate import evaluate_exhaustive
+from optinc_jax.learning.onn import build_onn, onn_apply_fn
+from optinc_jax.learning.train import TrainConfig, run
 from optinc_jax.scenarios import get_scenario
-from optinc_jax.train import TrainConfig, run
 
 
 def matmul_peak_flops(sizes=(1024, 2048, 4096), repeats: int = 10) -> float:

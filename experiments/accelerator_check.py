@@ -26,11 +26,11 @@ from pathlib import Path
 import jax
 
 from common import data_mesh
-from optinc_jax.dataset import make_dataset_spec
-from optinc_jax.evaluate import evaluate_exhaustive
-from optinc_jax.onn import build_onn, onn_apply_fn
+from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.evaluate import evaluate_exhaustive
+from optinc_jax.learning.onn import build_onn, onn_apply_fn
+from optinc_jax.learning.train import TrainConfig, load_run, run
 from optinc_jax.scenarios import get_scenario
-from optinc_jax.train import TrainConfig, load_run, run
 
 
 class _TimeUp(Exception):

@@ -2,7 +2,7 @@
 
 A table is a list of :class:`PaperRow` (a scenario, the approximated weight matrices and
 the paper's figures for them). :func:`run_table` trains every selected row with
-:func:`optinc_jax.train.run` under ``workdir/<row name>/``, then writes
+:func:`optinc_jax.learning.train.run` under ``workdir/<row name>/``, then writes
 ``workdir/<table>.json`` (a list of row dicts, ours beside the paper's) and
 ``workdir/<table>.md`` and the figure ``workdir/<table>.png``.
 
@@ -10,7 +10,7 @@ Budgets (the ``budget`` field of every JSON row, also listed under the markdown 
 
 * ``quick`` (a 2-core CPU; not timed end to end): a dataset of at most
   :data:`QUICK_FULL_DATASET` samples (8b4s) trains with the default
-  :class:`~optinc_jax.train.TrainConfig` in full; larger ones train
+  :class:`~optinc_jax.learning.train.TrainConfig` in full; larger ones train
   :data:`QUICK_EPOCHS` epochs of :data:`QUICK_STEPS` steps with the stage switch at 60 %
   of the epochs (as in the default config) and one exhaustive evaluation at the end.
 * ``full`` (accelerators): the default config; datasets larger than
@@ -32,10 +32,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from optinc_jax.area import PAPER_AREA_ROWS, format_approx
-from optinc_jax.dataset import make_dataset_spec
+from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.train import TrainConfig, resolve_scenario, run
+from optinc_jax.photonics.area import PAPER_AREA_ROWS, format_approx
 from optinc_jax.scenarios import get_scenario
-from optinc_jax.train import TrainConfig, resolve_scenario, run
 
 QUICK_FULL_DATASET = 1 << 16
 QUICK_EPOCHS = 20

@@ -22,7 +22,7 @@ from common import (
     run_table,
     table_main,
 )
-from optinc_jax.area import parse_approx
+from optinc_jax.photonics.area import parse_approx
 
 # (approx, paper accuracy %, paper error values as printed; "" where the text was lost)
 PAPER = (

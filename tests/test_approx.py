@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optinc_jax import approx
-from optinc_jax.approx import (
+from optinc_jax.photonics import approx
+from optinc_jax.photonics.approx import (
     DiagUnitaryFactors,
     approx_diag_unitary,
     diag_unitary_factors,

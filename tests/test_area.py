@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.area import (
+from optinc_jax.photonics.area import (
     PAPER_AREA_ROWS,
     AreaReport,
     approx_matrix_mzis,

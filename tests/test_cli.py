@@ -6,8 +6,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from optinc_jax.area import PAPER_AREA_ROWS, onn_area
 from optinc_jax.cli import emit, main
+from optinc_jax.photonics.area import PAPER_AREA_ROWS, onn_area
 
 
 def _invoke(*args):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from optinc_jax.cli import main
-from optinc_jax.export import load_exported
+from optinc_jax.learning.export import load_exported
 from optinc_jax.scenarios import make_scenario, register_scenario
 
 register_scenario(

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optinc_jax import dataset
-from optinc_jax.dataset import (
+from optinc_jax.encoding import dataset
+from optinc_jax.encoding.dataset import (
     DatasetSpec,
     brute_force_dataset,
     dataset_chunk,
@@ -14,7 +14,7 @@ from optinc_jax.dataset import (
     exhaustive_dataset,
     make_dataset_spec,
 )
-from optinc_jax.pam4 import decode_pam4
+from optinc_jax.encoding.pam4 import decode_pam4
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax import decompose
-from optinc_jax.decompose import decompose_clements, decompose_orthogonal
-from optinc_jax.mesh import (
+from optinc_jax.photonics import decompose
+from optinc_jax.photonics.decompose import decompose_clements, decompose_orthogonal
+from optinc_jax.photonics.mesh import (
     ClementsPhases,
     OrthogonalPhases,
     clements_unitary,

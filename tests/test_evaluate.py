@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from optinc_jax.dataset import exhaustive_dataset, make_dataset_spec
-from optinc_jax.evaluate import evaluate_exhaustive
+from optinc_jax.encoding.dataset import exhaustive_dataset, make_dataset_spec
+from optinc_jax.learning.evaluate import evaluate_exhaustive
 
 
 def _oracle(params, x, *, servers, symbols_per_input, symbols, flip_low_when_zero):

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import common
 import table1
 import table2
+from optinc_jax.learning.train import TrainConfig
 from optinc_jax.scenarios import SCENARIOS, make_scenario, register_scenario
-from optinc_jax.train import TrainConfig
 
 ROW_FIELDS = {
     "bits",

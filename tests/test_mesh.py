@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.mesh import (
+from optinc_jax.photonics.mesh import (
     ClementsPhases,
     OrthogonalPhases,
     apply_clements,
@@ -19,7 +19,7 @@ from optinc_jax.mesh import (
     random_clements_phases,
     random_orthogonal_phases,
 )
-from optinc_jax.mzi import givens_rotation, mzi_transfer
+from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
 
 
 def brute_force_unitary(theta, phi, output_phase):

@@ -1,9 +1,9 @@
 import numpy as np
 from flax import nnx
 
-from optinc_jax.approx import approx_diag_unitary
-from optinc_jax.onn import ONN, onn_apply_fn, onn_weights
-from optinc_jax.projection import projection_diag_unitary
+from optinc_jax.learning.onn import ONN, onn_apply_fn, onn_weights
+from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.photonics.approx import approx_diag_unitary
 
 
 def _params():

@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from optinc_jax import quantize as quantize_module
-from optinc_jax.quantize import (
+from optinc_jax.encoding import quantize as quantize_module
+from optinc_jax.encoding.quantize import (
     block_exponents,
     dequantize_blocks,
     exponent_overhead,
@@ -15,7 +15,7 @@ from optinc_jax.quantize import (
     quantize_gradients,
     shared_block_exponents,
 )
-from optinc_jax.units import quantized_average
+from optinc_jax.encoding.units import quantized_average
 
 FLOAT32_ZERO_BLOCK_EXPONENT = -125
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.mesh import orthogonal_matrix
-from optinc_jax.svd_mapping import (
+from optinc_jax.photonics.mesh import orthogonal_matrix
+from optinc_jax.photonics.svd_mapping import (
     SVDMeshMapping,
     apply_svd_mapping,
     map_matrix_svd,

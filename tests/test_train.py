@@ -5,12 +5,17 @@ import jax
 import numpy as np
 import pytest
 
-from optinc_jax.approx import approx_diag_unitary
-from optinc_jax.checkpoint import CheckpointError
-from optinc_jax.export import export_arrays, load_exported, mlp_forward_numpy, save_exported
-from optinc_jax.onn import onn_weights
+from optinc_jax.learning.checkpoint import CheckpointError
+from optinc_jax.learning.export import (
+    export_arrays,
+    load_exported,
+    mlp_forward_numpy,
+    save_exported,
+)
+from optinc_jax.learning.onn import onn_weights
+from optinc_jax.learning.train import TrainConfig, load_run, run
+from optinc_jax.photonics.approx import approx_diag_unitary
 from optinc_jax.scenarios import make_scenario, register_scenario
-from optinc_jax.train import TrainConfig, load_run, run
 
 register_scenario(
     make_scenario(
@@ -119,7 +124,7 @@ def test_config_validation():
 
 
 def test_epoch_is_compiled_once_per_stage(tmp_path):
-    from optinc_jax import train as train_module
+    from optinc_jax.learning import train as train_module
 
     before = train_module._train_epoch._cache_size()
     run(
@@ -155,7 +160,7 @@ def test_data_parallel_training_matches_one_device(tmp_path):
 
 
 def test_projection_schedule():
-    from optinc_jax.train import _projection_due
+    from optinc_jax.learning.train import _projection_due
 
     config = TINY.replace(project_every=3, project_start=1)
     assert [e for e in range(1, 12) if _projection_due(config, e)] == [4, 7, 10]

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from optinc_jax.pam4 import encode_pam4
-from optinc_jax.units import preprocess, quantized_average, receiver, reconstruct, split
+from optinc_jax.encoding.pam4 import encode_pam4
+from optinc_jax.encoding.units import preprocess, quantized_average, receiver, reconstruct, split
 
 
 def test_quantized_average_known_values():

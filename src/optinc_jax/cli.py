@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from optinc_jax import area as area_model  # pure Python, no JAX
+from optinc_jax.photonics import area as area_model  # pure Python, no JAX
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of text."
@@ -213,8 +213,8 @@ def train_command(
     as_json: bool,
 ) -> None:
     """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively."""
-    from optinc_jax.checkpoint import CheckpointError
-    from optinc_jax.train import TrainConfig, run
+    from optinc_jax.learning.checkpoint import CheckpointError
+    from optinc_jax.learning.train import TrainConfig, run
 
     overrides = {"epochs": epochs, "seed": seed, "stage2": stage2}
     try:
@@ -239,9 +239,9 @@ def train_command(
 @json_option
 def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> None:
     """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
-    from optinc_jax.checkpoint import CheckpointError
-    from optinc_jax.evaluate import evaluate_exhaustive
-    from optinc_jax.train import evaluation_record, load_run
+    from optinc_jax.learning.checkpoint import CheckpointError
+    from optinc_jax.learning.evaluate import evaluate_exhaustive
+    from optinc_jax.learning.train import evaluation_record, load_run
 
     try:
         loaded = load_run(run_dir)
@@ -275,9 +275,9 @@ def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> Non
 @json_option
 def export_command(run_dir: str, out_path: str, as_json: bool) -> None:
     """Write RUN_DIR's projected ONN as plain arrays (weights_i [out, in], biases_i, scalars)."""
-    from optinc_jax.checkpoint import CheckpointError
-    from optinc_jax.export import export_arrays, save_exported
-    from optinc_jax.train import load_run
+    from optinc_jax.learning.checkpoint import CheckpointError
+    from optinc_jax.learning.export import export_arrays, save_exported
+    from optinc_jax.learning.train import load_run
 
     try:
         loaded = load_run(run_dir)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.pam4 import (
+from optinc_jax.encoding.pam4 import (
     _require_in_range,
     _require_int,
     _require_integer_dtype,
@@ -146,7 +146,7 @@ def receiver(y: jax.typing.ArrayLike) -> jax.Array:
 def reconstruct(y_hat: jax.typing.ArrayLike) -> jax.Array:
     """Reconstructed average ``t_hat = sum_k 4^k y_hat_k`` from received symbols.
 
-    The server-side inverse of the PAM4 encoding (:func:`optinc_jax.pam4.decode_pam4`).
+    The server-side inverse of the PAM4 encoding (:func:`optinc_jax.encoding.pam4.decode_pam4`).
 
     Args:
       y_hat: ``[..., K]`` integer symbols from :func:`receiver`.
@@ -155,7 +155,7 @@ def reconstruct(y_hat: jax.typing.ArrayLike) -> jax.Array:
       ``[...]`` int32 ``t_hat``.
 
     Raises:
-      ValueError: as :func:`optinc_jax.pam4.decode_pam4`.
+      ValueError: as :func:`optinc_jax.encoding.pam4.decode_pam4`.
 
     Examples:
       >>> reconstruct(receiver(jnp.array([2.9, 0.2, 1.1, 0.4])))

@@ -32,7 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.pam4 import _require_in_range, _require_int, _require_integer_dtype, num_symbols
+from optinc_jax.encoding.pam4 import (
+    _require_in_range,
+    _require_int,
+    _require_integer_dtype,
+    num_symbols,
+)
 
 DEFAULT_BLOCK_SIZE = 256
 """Default number of gradient elements sharing one exponent."""

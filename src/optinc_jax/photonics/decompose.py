@@ -9,7 +9,7 @@ that null one element while keeping the earlier zeros. What is left is a diagona
 
 The left MZIs are then moved through ``D`` with ``T^-1 D = D' T'`` (a 2 x 2 identity,
 applied from the innermost one outwards), giving ``U = D_final @ T'_1 ... T'_k @ R_m ...
-R_1``, which is the rectangular layout of :mod:`optinc_jax.mesh` after a fixed (per ``n``)
+R_1``, which is the rectangular layout of :mod:`optinc_jax.photonics.mesh` after a fixed (per ``n``)
 assignment of MZIs to mesh positions.
 
 Implementation: the nulling schedule (which element, which pair, row or column step) and
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from optinc_jax.mesh import ClementsPhases, OrthogonalPhases, clements_layout, mzi_count
+from optinc_jax.photonics.mesh import ClementsPhases, OrthogonalPhases, clements_layout, mzi_count
 
 
 class _NullingPlan(NamedTuple):
@@ -286,7 +286,7 @@ def decompose_clements(u: ArrayLike, *, atol: float | None = None) -> ClementsPh
             ``n * 1e-4`` for 32-bit inputs.
 
     Returns:
-        A :class:`optinc_jax.mesh.ClementsPhases` for ``n`` modes.
+        A :class:`optinc_jax.photonics.mesh.ClementsPhases` for ``n`` modes.
 
     Raises:
         ValueError: If ``u`` is not square, contains NaN or inf, or is not unitary within
@@ -294,7 +294,7 @@ def decompose_clements(u: ArrayLike, *, atol: float | None = None) -> ClementsPh
 
     Examples:
         >>> import jax.numpy as jnp
-        >>> from optinc_jax.mesh import clements_unitary
+        >>> from optinc_jax.photonics.mesh import clements_unitary
         >>> u = jnp.array([[0.0, 1.0], [1.0, 0.0]])
         >>> phases = decompose_clements(u)
         >>> bool(jnp.allclose(clements_unitary(phases), u, atol=1e-6))
@@ -318,7 +318,7 @@ def decompose_orthogonal(q: ArrayLike, *, atol: float | None = None) -> Orthogon
             ``n * 1e-4`` for float32.
 
     Returns:
-        An :class:`optinc_jax.mesh.OrthogonalPhases` for ``n`` modes.
+        An :class:`optinc_jax.photonics.mesh.OrthogonalPhases` for ``n`` modes.
 
     Raises:
         ValueError: If ``q`` is complex, not square, contains NaN or inf, or is not
@@ -326,7 +326,7 @@ def decompose_orthogonal(q: ArrayLike, *, atol: float | None = None) -> Orthogon
 
     Examples:
         >>> import jax.numpy as jnp
-        >>> from optinc_jax.mesh import orthogonal_matrix
+        >>> from optinc_jax.photonics.mesh import orthogonal_matrix
         >>> q = jnp.array([[0.0, -1.0], [1.0, 0.0]])
         >>> bool(jnp.allclose(orthogonal_matrix(decompose_orthogonal(q)), q, atol=1e-6))
         True

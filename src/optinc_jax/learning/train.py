@@ -27,13 +27,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optinc_jax.area import onn_area, parse_approx
-from optinc_jax.checkpoint import CheckpointError, TrainCheckpointer
-from optinc_jax.dataset import DatasetSpec, dataset_samples, make_dataset_spec
-from optinc_jax.evaluate import EvaluationResult, evaluate_exhaustive
-from optinc_jax.loss import STAGE2_LOSSES, symbol_weights, two_stage_loss
-from optinc_jax.onn import ONN, build_onn, onn_apply_fn
-from optinc_jax.projection import projection_diag_unitary
+from optinc_jax.encoding.dataset import DatasetSpec, dataset_samples, make_dataset_spec
+from optinc_jax.learning.checkpoint import CheckpointError, TrainCheckpointer
+from optinc_jax.learning.evaluate import EvaluationResult, evaluate_exhaustive
+from optinc_jax.learning.loss import STAGE2_LOSSES, symbol_weights, two_stage_loss
+from optinc_jax.learning.onn import ONN, build_onn, onn_apply_fn
+from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.photonics.area import onn_area, parse_approx
 from optinc_jax.scenarios import Scenario, get_scenario
 
 __all__ = [
@@ -77,7 +77,7 @@ class TrainConfig:
             cosine decay) or ``"constant"``.
         warmup_fraction: share of all steps spent warming up.
         switch_epoch: E1, first epoch of loss stage 2.
-        stage2: stage-2 loss, one of :data:`optinc_jax.loss.STAGE2_LOSSES`.
+        stage2: stage-2 loss, one of :data:`optinc_jax.learning.loss.STAGE2_LOSSES`.
         symbol_weight_base: stage-1 weights ``w_k`` proportional to ``base**k``. SPEC's
             default is 2; measured on 8b4s (no approximation, 40 epochs) base 1 reached
             99.8 %, base 0.5 97.6 %, base 2 88.7 %, base 4 31.9 %: the least significant
@@ -88,7 +88,7 @@ class TrainConfig:
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
         eval_chunk_size: samples per evaluation chunk (``None``: the backend's default,
-            :func:`optinc_jax.evaluate.default_chunk_size`).
+            :func:`optinc_jax.learning.evaluate.default_chunk_size`).
         checkpoint_every: checkpoint period in epochs (also at the end).
         stop_at_full_accuracy: stop at the first evaluation with projected 100 %.
         seed: initialization and sampling seed.

@@ -7,7 +7,7 @@ mesh plus a column of ``min(M, N)`` attenuators::
 
     M (M - 1) / 2 + N (N - 1) / 2 + min(M, N)
 
-The diagonal x unitary approximation (:mod:`optinc_jax.approx`) splits the matrix into
+The diagonal x unitary approximation (:mod:`optinc_jax.photonics.approx`) splits the matrix into
 ``b = ceil(max(M, N) / k)`` square blocks of size ``k = min(M, N)``, each one mesh plus one
 diagonal column::
 

@@ -5,7 +5,7 @@ values ``a_m / N`` with ``a_m = N x_m`` in ``[0, L)``, and every such grid point
 by some combination of server values (SPEC section 2). The set has ``S = L^I`` samples.
 Sample ``i`` in ``[0, S)`` has the mixed-radix digits ``a_m`` of ``i`` in base ``L``
 (``m = 0`` least significant), inputs ``x_m = a_m / N`` (in float32 as ``a_m`` times the
-rounded reciprocal of ``N``, bitwise what :func:`optinc_jax.units.preprocess` gives) and
+rounded reciprocal of ``N``, bitwise what :func:`optinc_jax.encoding.units.preprocess` gives) and
 target
 
     ``t = floor((sum_m (4^r)^m a_m) / N)``,
@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.pam4 import (
+from optinc_jax.encoding.pam4 import (
     _require_in_range,
     _require_int,
     _require_integer_dtype,
     encode_pam4,
     num_symbols,
 )
-from optinc_jax.units import _grid_inputs, preprocess, quantized_average
+from optinc_jax.encoding.units import _grid_inputs, preprocess, quantized_average
 
 INT32_MAX = 2**31 - 1
 MAX_EXHAUSTIVE_SIZE = 2**26
@@ -296,10 +296,10 @@ def brute_force_dataset(bits: int, servers: int, inputs: int = 4) -> Samples:
     """Distinct ``(x, t)`` pairs over all ``(2^B)^N`` server combinations (small cases only).
 
     Every combination of server values ``u`` is PAM4-encoded, preprocessed with
-    :func:`optinc_jax.units.preprocess` and given the target
-    :func:`optinc_jax.units.quantized_average`; the distinct pairs are returned in the order of
-    the grid index ``sum_m a_m L^m`` (``a_m = N x_m``). If ``t`` is a function of ``x`` and
-    every grid point is reached, the result equals :func:`exhaustive_dataset`.
+    :func:`optinc_jax.encoding.units.preprocess` and given the target
+    :func:`optinc_jax.encoding.units.quantized_average`; the distinct pairs are returned in
+    the order of the grid index ``sum_m a_m L^m`` (``a_m = N x_m``). If ``t`` is a function
+    of ``x`` and every grid point is reached, the result equals :func:`exhaustive_dataset`.
 
     Args:
       bits: bit width ``B``; even, in ``[2, 30]``.

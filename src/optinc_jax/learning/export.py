@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optinc_jax.onn import ONN, onn_weights
+from optinc_jax.learning.onn import ONN, onn_weights
 
 __all__ = ["export_arrays", "load_exported", "mlp_forward_numpy", "save_exported"]
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import jax
 
-from optinc_jax.approx import approx_diag_unitary
-from optinc_jax.onn import weight_matrix_index
+from optinc_jax.learning.onn import weight_matrix_index
+from optinc_jax.photonics.approx import approx_diag_unitary
 
 __all__ = ["projection_diag_unitary"]
 
@@ -26,7 +26,7 @@ def projection_diag_unitary(
     For every selected matrix ``W`` (1-based index, ``W = kernel.T`` of shape ``[out, in]``)
     this solves, block by block, ``argmin_{d, U orthogonal} ||W_b - diag(d) U||_F`` in the
     paper's closed form (polar factor of the block, least-squares ``d``; see
-    :func:`optinc_jax.approx.approx_diag_unitary`). Other leaves are returned unchanged.
+    :func:`optinc_jax.photonics.approx.approx_diag_unitary`). Other leaves are returned unchanged.
 
     Args:
         params: ONN parameter pytree (``nnx.State`` or pure dict with ``layers/<i>/kernel``).

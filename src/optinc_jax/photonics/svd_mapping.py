@@ -5,7 +5,8 @@ optically, light travelling left to right::
 
     x [N] --> mesh V^T (N modes) --> attenuators --> mesh U (M modes) --> x gain --> y [M]
 
-- ``V^T`` and ``U`` are real rectangular meshes (:class:`optinc_jax.mesh.OrthogonalPhases`).
+- ``V^T`` and ``U`` are real rectangular meshes
+  (:class:`optinc_jax.photonics.mesh.OrthogonalPhases`).
 - The first ``k = min(M, N)`` modes leaving ``V^T`` pass one MZI each, used as a variable
   attenuator with amplitude transmission ``attenuation[i] = s_i / s_max`` in ``[0, 1]``.
   If ``N > M`` the other ``N - M`` modes are dropped; if ``M > N`` the ``M - N`` extra
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from optinc_jax.decompose import decompose_orthogonal
-from optinc_jax.mesh import OrthogonalPhases, apply_orthogonal, orthogonal_matrix
+from optinc_jax.photonics.decompose import decompose_orthogonal
+from optinc_jax.photonics.mesh import OrthogonalPhases, apply_orthogonal, orthogonal_matrix
 
 
 class SVDMeshMapping(NamedTuple):

@@ -9,7 +9,7 @@ first and leaves through a screen of ``n`` output phase shifters, so the mesh im
 
     U = diag(exp(i * output_phase)) @ T_col(n-1) @ ... @ T_col(0),
 
-with ``T_col(c)`` the identity-padded product of the :func:`optinc_jax.mzi.mzi_transfer`
+with ``T_col(c)`` the identity-padded product of the :func:`optinc_jax.photonics.mzi.mzi_transfer`
 matrices of column ``c``. The real (orthogonal) variant uses Givens rotations
 ``mzi_transfer(theta, 0)`` in the same layout and a screen of ``+-1`` output signs.
 
@@ -359,7 +359,7 @@ def random_clements_phases(
     """Random phases: ``theta ~ U[0, pi/2]``, ``phi, output_phase ~ U[0, 2 pi)`` (radians).
 
     These are uniform phases, not Haar-distributed unitaries (use a Haar sampler and
-    :func:`optinc_jax.decompose.decompose_clements` for those).
+    :func:`optinc_jax.photonics.decompose.decompose_clements` for those).
 
     Args:
         key: A JAX PRNG key.

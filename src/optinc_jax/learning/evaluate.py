@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optinc_jax.dataset import DatasetSpec, dataset_samples
-from optinc_jax.units import receiver, reconstruct
+from optinc_jax.encoding.dataset import DatasetSpec, dataset_samples
+from optinc_jax.encoding.units import receiver, reconstruct
 
 __all__ = ["EvaluationResult", "default_chunk_size", "evaluate_exhaustive", "predict_values"]
 
