@@ -35,9 +35,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks experiments conftest.py
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/bench_mesh.py --out runs/bench
-	$(VENV)/bin/python benchmarks/bench_train.py --out runs/bench
-	$(VENV)/bin/python benchmarks/bench_scale.py --out runs/bench
+	$(VENV)/bin/python -m benchmarks.bench_mesh --out runs/bench
+	$(VENV)/bin/python -m benchmarks.bench_train --out runs/bench
+	$(VENV)/bin/python -m benchmarks.bench_scale --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs

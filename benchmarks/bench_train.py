@@ -6,7 +6,12 @@
    throughput as FLOP/s relative to this machine's dense float32 matmul peak, measured in
    the same run (the baseline).
 
-Usage: python benchmarks/bench_train.py [--out DIR] [--skip-train] [--scenario 8b8s]
+Usage, from the repository root::
+
+    python -m benchmarks.bench_train [--out DIR] [--skip-train] [--scenario 8b8s]
+        [--chunks 4096,16384,65536,262144]
+
+Writes ``OUT/bench_train.json``.
 """
 
 import os
@@ -18,16 +23,18 @@ import itertools
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.onn import build_onn, onn_apply_fn
-from optinc_jax.learning.train import TrainConfig, run
-from optinc_jax.scenarios import get_scenario
+from optinc_jax.learning.trainer import train_onn
+from optinc_jax.scenarios import Scenario, as_scenario, get_scenario
 
 
 def matmul_peak_flops(sizes=(1024, 2048, 4096), repeats: int = 10) -> float:
@@ -49,9 +56,9 @@ def forward_flops_per_sample(layers) -> int:
     return 2 * sum(a * b for a, b in itertools.pairwise(layers))
 
 
-def evaluation_throughput(scenario_name: str, chunk_sizes, repeats: int = 2) -> list[dict]:
+def evaluation_throughput(scenario: str | Scenario, chunk_sizes, repeats: int = 2) -> list[dict]:
     """Samples/s of exhaustive evaluation of a randomly initialized ONN per chunk size."""
-    scenario = get_scenario(scenario_name)
+    scenario = as_scenario(scenario)
     spec = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs)
     apply_fn, params = onn_apply_fn(
         build_onn(scenario.layers, symbols_per_input=spec.symbols_per_input)
@@ -68,18 +75,23 @@ def evaluation_throughput(scenario_name: str, chunk_sizes, repeats: int = 2) -> 
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (``python -m benchmarks.bench_train --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--scenario", default="8b8s", help="scenario for evaluation speed")
     parser.add_argument("--chunks", default="4096,16384,65536,262144")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     report: dict = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
     if not args.skip_train:
         with tempfile.TemporaryDirectory() as workdir:
-            result = run(TrainConfig(scenario="8b4s"), workdir, progress=True)
+            result = train_onn(TrainConfig(scenario="8b4s"), workdir, progress=True)
         report["train"] = {
             "scenario": "8b4s",
             "accuracy": result.evaluation.accuracy,

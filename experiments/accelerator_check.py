@@ -6,12 +6,16 @@
 2. Evaluates a randomly initialized 16b4s ONN exhaustively (13.8 M samples), timed
    (compilation separate), sharded over all accelerators.
 
-On a GPU the defaults aim at about 8 minutes in all. On CPU shorten it, e.g. (one line)::
+Usage, from the repository root::
 
-    python experiments/accelerator_check.py --out runs/check
-        --epochs 1 --steps-per-epoch 5 --train-scenario 8b4s --eval-scenario 8b4s
+    python -m experiments.accelerator_check [--config smoke|quick|full] [--quick]
+        [--out runs/accelerator_check] [--train-scenario 8b8s] [--eval-scenario 16b4s]
+        [--epochs N] [--steps-per-epoch N] [--train-minutes M] [--chunk-size N]
 
-Writes ``OUT/accelerator_check.json``.
+The default ``full`` preset aims at about 8 minutes on a GPU; ``--quick`` (one epoch of 5
+steps of 8b4s, an 8b4s evaluation) takes about a minute on a CPU. Presets in
+:mod:`experiments.configs`. The training directory ``OUT/train`` must not hold an earlier
+run (a check measures a fresh one). Writes ``OUT/accelerator_check.json``.
 """
 
 import os
@@ -21,20 +25,44 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 
-from common import data_mesh
+from experiments.configs import (
+    AcceleratorCheckConfig,
+    add_preset_arguments,
+    check_preset,
+    preset_name,
+)
+from experiments.devices import data_mesh
 from optinc_jax.encoding.dataset import make_dataset_spec
+from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.onn import build_onn, onn_apply_fn
-from optinc_jax.learning.train import TrainConfig, load_run, run
-from optinc_jax.scenarios import get_scenario
+from optinc_jax.learning.trainer import load_run, train_onn
+from optinc_jax.scenarios import Scenario, as_scenario
+
+__all__ = ["check_evaluation", "check_training", "main", "run", "train_config"]
 
 
 class _TimeUp(Exception):
     pass
+
+
+def train_config(config: AcceleratorCheckConfig) -> TrainConfig:
+    """The training run of a check: the default config, checkpointed every epoch."""
+    train = TrainConfig(
+        scenario=config.train_scenario,
+        steps_per_epoch=config.steps_per_epoch,
+        checkpoint_every=1,
+    )
+    if config.epochs is not None:
+        train = train.replace(
+            epochs=config.epochs, switch_epoch=min(train.switch_epoch, config.epochs)
+        )
+    return train
 
 
 def check_training(config: TrainConfig, workdir: Path, limit_s: float) -> dict:
@@ -46,17 +74,21 @@ def check_training(config: TrainConfig, workdir: Path, limit_s: float) -> dict:
             raise _TimeUp
 
     try:
-        record = run(config, workdir, on_epoch_end=stop_when_late, mesh=data_mesh()).record
+        record = train_onn(config, workdir, on_epoch_end=stop_when_late, mesh=data_mesh()).record
         stopped = "100 %" if record["correct"] == record["total"] else "epoch budget"
     except _TimeUp:
         loaded = load_run(workdir)  # checkpoint_every=1: the last epoch is on disk
         evaluation = evaluate_exhaustive(
-            loaded.apply_fn, loaded.params, loaded.spec, chunk_size=config.eval_chunk_size
+            loaded.apply_fn,
+            loaded.params,
+            loaded.dataset,
+            chunk_size=config.eval_chunk_size,
+            mesh=data_mesh(),
         )
         record = {"epochs": loaded.epoch, **evaluation.to_json()}
         stopped = f"time limit {limit_s:.0f} s"
     return {
-        "scenario": config.scenario,
+        "scenario": config.resolved_scenario().name,
         "stopped_by": stopped,
         "epochs": record["epochs"],
         "accuracy": record["accuracy"],
@@ -68,9 +100,9 @@ def check_training(config: TrainConfig, workdir: Path, limit_s: float) -> dict:
     }
 
 
-def check_evaluation(scenario_name: str, chunk_size: int) -> dict:
+def check_evaluation(scenario: str | Scenario, chunk_size: int) -> dict:
     """Times one exhaustive evaluation of a random ONN (compiled by a first call)."""
-    scenario = get_scenario(scenario_name)
+    scenario = as_scenario(scenario)
     spec = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs)
     apply_fn, params = onn_apply_fn(
         build_onn(scenario.layers, symbols_per_input=spec.symbols_per_input)
@@ -83,7 +115,7 @@ def check_evaluation(scenario_name: str, chunk_size: int) -> dict:
     result = evaluate_exhaustive(apply_fn, params, spec, chunk_size=chunk_size, mesh=mesh)
     seconds = time.perf_counter() - tic
     return {
-        "scenario": scenario_name,
+        "scenario": scenario.name,
         "samples": spec.size,
         "chunk_size": chunk_size,
         "first_call_seconds": first,
@@ -94,35 +126,59 @@ def check_evaluation(scenario_name: str, chunk_size: int) -> dict:
     }
 
 
-def main() -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/accelerator_check"))
-    parser.add_argument("--train-scenario", default="8b8s")
-    parser.add_argument("--eval-scenario", default="16b4s")
-    parser.add_argument("--epochs", type=int, help="default: TrainConfig's")
-    parser.add_argument("--steps-per-epoch", type=int, help="default: one pass over the data")
-    parser.add_argument("--train-minutes", type=float, default=6.0)
-    parser.add_argument("--chunk-size", type=int, default=1 << 18)
-    args = parser.parse_args()
+def run(config: AcceleratorCheckConfig, workdir: str | Path) -> dict:
+    """Runs both checks and writes ``workdir/accelerator_check.json``.
 
-    config = TrainConfig(
-        scenario=args.train_scenario, steps_per_epoch=args.steps_per_epoch, checkpoint_every=1
-    )
-    if args.epochs is not None:
-        config = config.replace(
-            epochs=args.epochs, switch_epoch=min(config.switch_epoch, args.epochs)
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
+    Args:
+        config: what to train and evaluate, e.g. ``experiments.configs.check_preset("quick")``.
+        workdir: output directory; the training run lies in ``workdir/train`` (which must
+            not hold an earlier run).
+
+    Returns:
+        The report written to the JSON file.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     report = {
+        "preset": config.preset,
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
-        "training": check_training(config, args.out / "train", 60 * args.train_minutes),
-        "evaluation": check_evaluation(args.eval_scenario, args.chunk_size),
+        "training": check_training(
+            train_config(config), workdir / "train", 60 * config.train_minutes
+        ),
+        "evaluation": check_evaluation(config.eval_scenario, config.chunk_size),
     }
-    (args.out / "accelerator_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    (workdir / "accelerator_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (``python -m experiments.accelerator_check --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.accelerator_check", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/accelerator_check"))
+    add_preset_arguments(parser)
+    parser.add_argument("--train-scenario", help="registered scenario to train (full: 8b8s)")
+    parser.add_argument("--eval-scenario", help="registered scenario to evaluate (full: 16b4s)")
+    parser.add_argument("--epochs", type=int, help="training epochs (full: TrainConfig's)")
+    parser.add_argument("--steps-per-epoch", type=int, help="(full: one pass over the data)")
+    parser.add_argument("--train-minutes", type=float, help="training time limit (full: 6)")
+    parser.add_argument("--chunk-size", type=int, help="evaluation chunk (full: 262144)")
+    args = parser.parse_args(argv)
+    overrides = {
+        "train_scenario": args.train_scenario,
+        "eval_scenario": args.eval_scenario,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "train_minutes": args.train_minutes,
+        "chunk_size": args.chunk_size,
+    }
+    config = check_preset(preset_name(parser, args)).replace(
+        **{name: value for name, value in overrides.items() if value is not None}
+    )
+    print(json.dumps(run(config, args.out), indent=2))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from optinc_jax.cli import emit, main
-from optinc_jax.photonics.area import PAPER_AREA_ROWS, onn_area
+from optinc_jax.paper import area_rows
+from optinc_jax.photonics.area import onn_area
 
 
 def _invoke(*args):
@@ -63,8 +64,8 @@ def test_paper_json_rows_within_0_15_pp():
     result = _invoke("area", "--paper", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert len(rows) == len(PAPER_AREA_ROWS)
-    for row, paper in zip(rows, PAPER_AREA_ROWS, strict=True):
+    assert len(rows) == len(area_rows())
+    for row, paper in zip(rows, area_rows(), strict=True):
         assert (row["table"], tuple(row["layers"]), tuple(row["approx"])) == (
             paper.table,
             paper.layers,
@@ -82,7 +83,7 @@ def test_paper_text():
     result = _invoke("area", "--paper")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 + len(PAPER_AREA_ROWS)
+    assert len(lines) == 1 + len(area_rows())
     assert "39.21%" in lines[1]
     assert "39.3%" in lines[1]
     assert "-0.09" in lines[1]

@@ -31,6 +31,8 @@ def test_train_evaluate_export_json(tmp_path):
             str(run_dir),
             "--epochs",
             "3",
+            "--batch-size",
+            "4",
             "--quiet",
             "--json",
         ],
@@ -52,7 +54,9 @@ def test_train_evaluate_export_json(tmp_path):
     arrays = load_exported(tmp_path / "w.npz")
     assert arrays["weights_0"].shape == (16, 2) and arrays["weights_1"].shape == (2, 16)
 
-    again = runner.invoke(main, ["train", "--scenario", "cli-4b1s", "--out", str(run_dir)])
+    again = runner.invoke(
+        main, ["train", "--scenario", "cli-4b1s", "--batch-size", "4", "--out", str(run_dir)]
+    )
     assert again.exit_code != 0 and "--resume" in again.output and "Traceback" not in again.output
 
 

@@ -71,3 +71,30 @@ def test_bad_arguments():
         evaluate_exhaustive(oracle, None, spec, chunk_size=0)
     with pytest.raises(ValueError, match="data axis"):
         evaluate_exhaustive(oracle, None, spec, mesh=Mesh(np.array(jax.devices()), ("x",)))
+
+
+def test_equal_architectures_compile_once():
+    """Rebuilt models (new parameters, new objects) reuse the evaluation's compilation."""
+    from optinc_jax.learning import evaluate as evaluate_module
+    from optinc_jax.learning.onn import build_onn, onn_apply_fn
+
+    spec = make_dataset_spec(4, 3, 2)
+    before = evaluate_module._accumulate_chunk._cache_size()
+    results = []
+    for seed in range(4):
+        apply_fn, params = onn_apply_fn(build_onn((2, 16, 2), symbols_per_input=1, seed=seed))
+        results.append(evaluate_exhaustive(apply_fn, params, spec, chunk_size=64))
+    assert evaluate_module._accumulate_chunk._cache_size() - before == 1
+    assert len({result.correct for result in results}) > 1  # the parameters did differ
+
+
+def test_chunk_indices_that_would_overflow_int32_are_refused():
+    class Huge:
+        size = 2**31 - 100
+        bits = 2
+
+        def samples(self, indices):  # never reached
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="beyond int32"):
+        evaluate_exhaustive(None, None, Huge(), chunk_size=1000)

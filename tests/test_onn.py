@@ -57,8 +57,10 @@ def test_weight_matrix_index_on_state_paths():
 def test_bad_layers():
     with pytest.raises(ValueError, match="widths"):
         ONN((4,), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="widths"):
+    with pytest.raises(ValueError, match="every layer width must be an integer >= 1, got 0"):
         ONN((4, 0, 2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"every layer width must be an integer >= 1, got 2\.5"):
+        ONN((4, 2.5, 2), rngs=nnx.Rngs(0))
 
 
 def test_apply_does_not_recompile():

@@ -5,7 +5,9 @@ import jax
 import numpy as np
 import pytest
 
+from optinc_jax.learning import step as step_module
 from optinc_jax.learning.checkpoint import CheckpointError
+from optinc_jax.learning.config import TrainConfig, projection_due
 from optinc_jax.learning.export import (
     export_arrays,
     load_exported,
@@ -13,7 +15,7 @@ from optinc_jax.learning.export import (
     save_exported,
 )
 from optinc_jax.learning.onn import onn_weights
-from optinc_jax.learning.train import TrainConfig, load_run, run
+from optinc_jax.learning.trainer import load_run, train_onn
 from optinc_jax.photonics.approx import approx_diag_unitary
 from optinc_jax.scenarios import make_scenario, register_scenario
 
@@ -37,7 +39,7 @@ TINY = TrainConfig(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
-    return workdir, run(TINY, workdir, progress=False)
+    return workdir, train_onn(TINY, workdir, progress=False)
 
 
 def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
@@ -57,7 +59,7 @@ def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
 def test_resuming_a_finished_run_trains_no_further(trained):
     run_dir, result = trained
     assert result.epochs < TINY.epochs  # it stopped at the first projected 100 %
-    again = run(TINY, run_dir, progress=False, resume=True)
+    again = train_onn(TINY, run_dir, progress=False, resume=True)
     assert again.epochs == result.epochs and again.evaluation == result.evaluation
 
 
@@ -84,7 +86,7 @@ def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     config = TINY.replace(epochs=7, stop_at_full_accuracy=False, checkpoint_every=2)
-    straight = run(config, tmp_path / "straight", progress=False)
+    straight = train_onn(config, tmp_path / "straight", progress=False)
 
     class Killed(Exception):
         pass
@@ -94,19 +96,19 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        run(config, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_five)
+        train_onn(config, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_five)
     with pytest.raises(CheckpointError, match="resume"):
-        run(config, tmp_path / "resumed", progress=False)
+        train_onn(config, tmp_path / "resumed", progress=False)
     with pytest.raises(CheckpointError, match="config"):
-        run(config.replace(seed=1), tmp_path / "resumed", progress=False, resume=True)
-    resumed = run(config, tmp_path / "resumed", progress=False, resume=True)
+        train_onn(config.replace(seed=1), tmp_path / "resumed", progress=False, resume=True)
+    resumed = train_onn(config, tmp_path / "resumed", progress=False, resume=True)
     assert resumed.epochs == straight.epochs == 7
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
     assert resumed.record["history"]["loss"] == straight.record["history"]["loss"]
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
-    run(TINY.replace(epochs=2, stop_at_full_accuracy=False), tmp_path, progress=False)
+    train_onn(TINY.replace(epochs=2, stop_at_full_accuracy=False), tmp_path, progress=False)
     for path in (tmp_path / "checkpoints").rglob("*"):
         if path.is_file() and "record" not in str(path):
             path.write_bytes(b"garbage")
@@ -120,25 +122,23 @@ def test_config_validation():
     with pytest.raises(ValueError, match="stage2"):
         TrainConfig(stage2="paper")
     with pytest.raises(ValueError, match="unknown scenario"):
-        run(TrainConfig(scenario="nope"), "/tmp/unused", progress=False)
+        TrainConfig(scenario="nope")
 
 
-def test_epoch_is_compiled_once_per_stage(tmp_path):
-    from optinc_jax.learning import train as train_module
-
-    before = train_module._train_epoch._cache_size()
-    run(
-        TINY.replace(epochs=6, switch_epoch=3, stop_at_full_accuracy=False),
-        tmp_path,
-        progress=False,
-    )
-    assert train_module._train_epoch._cache_size() - before == 2
+def test_epoch_is_compiled_once_per_stage_and_reused_by_an_equal_run(tmp_path):
+    config = TINY.replace(epochs=6, switch_epoch=3, stop_at_full_accuracy=False)
+    before = step_module.train_epoch._cache_size()
+    train_onn(config, tmp_path / "first", progress=False)
+    assert step_module.train_epoch._cache_size() - before == 2
+    # A second run of an equal config (new model, new closures) compiles nothing new.
+    train_onn(config, tmp_path / "second", progress=False)
+    assert step_module.train_epoch._cache_size() - before == 2
 
 
 @pytest.mark.slow
 def test_default_scenario_reaches_exact_projected_accuracy(tmp_path):
     """The README main job: 8b4s, every layer approximated, 100 % after projection."""
-    result = run(TrainConfig(), tmp_path, progress=False)
+    result = train_onn(TrainConfig(), tmp_path, progress=False)
     assert result.evaluation.accuracy == 1.0
     assert abs(result.record["area_ratio"] - 0.392) < 0.001
 
@@ -147,21 +147,19 @@ def test_data_parallel_training_matches_one_device(tmp_path):
     from jax.sharding import Mesh
 
     config = TINY.replace(epochs=3, stop_at_full_accuracy=False)
-    single = run(config, tmp_path / "single", progress=False)
+    single = train_onn(config, tmp_path / "single", progress=False)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    sharded = run(config, tmp_path / "sharded", progress=False, mesh=mesh)
+    sharded = train_onn(config, tmp_path / "sharded", progress=False, mesh=mesh)
     assert sharded.record["devices"] == 8
     chex.assert_trees_all_close(sharded.params, single.params, atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(
         sharded.record["history"]["loss"], single.record["history"]["loss"], rtol=1e-5
     )
     with pytest.raises(ValueError, match="divisible"):
-        run(config.replace(batch_size=12), tmp_path / "bad", progress=False, mesh=mesh)
+        train_onn(config.replace(batch_size=12), tmp_path / "bad", progress=False, mesh=mesh)
 
 
 def test_projection_schedule():
-    from optinc_jax.learning.train import _projection_due
-
     config = TINY.replace(project_every=3, project_start=1)
-    assert [e for e in range(1, 12) if _projection_due(config, e)] == [4, 7, 10]
-    assert all(_projection_due(TINY, e) for e in range(1, 5))
+    assert [e for e in range(1, 12) if projection_due(config, e)] == [4, 7, 10]
+    assert all(projection_due(TINY, e) for e in range(1, 5))

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from optinc_jax.encoding.pam4 import encode_pam4
-from optinc_jax.encoding.units import preprocess, quantized_average, receiver, reconstruct, split
+from optinc_jax.encoding.units import (
+    preprocess,
+    quantized_average,
+    receiver,
+    reconstruct_average,
+    split_to_servers,
+)
 
 
 def test_quantized_average_known_values():
@@ -81,20 +87,20 @@ def test_receiver_thresholds_and_saturation():
 @given(st.integers(0, 2**16 - 1), st.lists(st.floats(-0.45, 0.45), min_size=8, max_size=8))
 def test_reconstruct_noisy_symbols(t, noise):
     y = encode_pam4(jnp.array(t), bits=16).astype(jnp.float32) + jnp.array(noise, jnp.float32)
-    assert int(reconstruct(receiver(y))) == t
+    assert int(reconstruct_average(receiver(y))) == t
 
 
 @pytest.mark.parametrize("servers", [1, 4, 16])
 def test_split_power_and_identical_decoding(servers):
     y = jnp.array([2.9, 0.2, 1.1, 3.4])
-    bare = split(y, servers, receiver_gain=1.0)
+    bare = split_to_servers(y, servers, receiver_gain=1.0)
     chex.assert_shape(bare, (servers, 4))
     # Lossless splitter: total output power equals input power, 1/N per output.
     chex.assert_trees_all_close(jnp.sum(bare**2, axis=0), y**2, rtol=1e-6)
     chex.assert_trees_all_close(bare[0] ** 2, y**2 / servers, rtol=1e-6)
-    received = split(y, servers)
+    received = split_to_servers(y, servers)
     chex.assert_trees_all_close(received, jnp.broadcast_to(y, (servers, 4)), rtol=1e-6)
-    t_hat = reconstruct(receiver(received))
+    t_hat = reconstruct_average(receiver(received))
     chex.assert_trees_all_equal(t_hat, jnp.full(servers, 3 + 0 + 16 + 3 * 64, jnp.int32))
 
 
@@ -108,14 +114,14 @@ def test_pipeline_with_ideal_onn(bits, inputs, servers):
     counts = jnp.rint(x * servers).astype(jnp.int32)
     t_onn = jnp.sum(counts * (4**r) ** jnp.arange(inputs)[None, :], axis=1) // servers
     y = encode_pam4(t_onn, bits=bits).astype(jnp.float32)  # [64, K] output amplitudes
-    received = jax.vmap(lambda v: split(v, servers))(y)  # [64, servers, K]
-    t_hat = reconstruct(receiver(received))  # [64, servers]
+    received = jax.vmap(lambda v: split_to_servers(v, servers))(y)  # [64, servers, K]
+    t_hat = reconstruct_average(receiver(received))  # [64, servers]
     expected = quantized_average(u)
     chex.assert_trees_all_equal(t_hat, jnp.broadcast_to(expected[:, None], (64, servers)))
 
 
 def test_split_rejects():
     with pytest.raises(ValueError, match="servers"):
-        split(jnp.ones(4), 0)
+        split_to_servers(jnp.ones(4), 0)
     with pytest.raises(ValueError, match="shape"):
-        split(jnp.ones((2, 4)), 2)
+        split_to_servers(jnp.ones((2, 4)), 2)

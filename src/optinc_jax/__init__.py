@@ -4,6 +4,21 @@ OptINC replaces ring all-reduce with an optical neural network (ONN) built from
 Mach-Zehnder-interferometer meshes that computes the quantized average of N servers'
 PAM4-encoded gradients while the light passes through the interconnect.
 
+The package is a house of four floors; each imports only the floors below it (a test
+parses every import and enforces this):
+
+- :mod:`optinc_jax.photonics`: MZIs, meshes, decomposition, SVD mapping, area, the
+  diagonal x unitary approximation (imports nothing else of the package).
+- :mod:`optinc_jax.encoding`: block quantization, PAM4, the optical units, datasets.
+- :mod:`optinc_jax.learning`: the ONN, losses, projection, training, evaluation,
+  checkpoints, export, reporting.
+- :mod:`optinc_jax.network`: what is built from OptINC units (cascade, collective, ring
+  all-reduce, cost models).
+
+Beside them: :mod:`optinc_jax.validation` (input checks, the ground floor every floor may
+use), :mod:`optinc_jax.paper` (the paper's numbers, plain data), :mod:`optinc_jax.scenarios`
+(scenarios as values) and :mod:`optinc_jax.cli` on top.
+
 The public API is re-exported here lazily (PEP 562), so that ``import optinc_jax.cli``
 can set ``OPENBLAS_NUM_THREADS`` before JAX and NumPy are first imported.
 """
@@ -14,6 +29,7 @@ __version__ = "0.1.0"
 
 # Public name -> defining submodule.
 _EXPORTS: dict[str, str] = {
+    # Floor 1, photonics: devices, meshes, decomposition, mapping, area.
     "DiagUnitaryFactors": "photonics.approx",
     "approx_diag_unitary": "photonics.approx",
     "diag_unitary_factors": "photonics.approx",
@@ -22,8 +38,6 @@ _EXPORTS: dict[str, str] = {
     "partition_blocks": "photonics.approx",
     "AreaReport": "photonics.area",
     "MatrixArea": "photonics.area",
-    "PAPER_AREA_ROWS": "photonics.area",
-    "PaperAreaRow": "photonics.area",
     "approx_matrix_mzis": "photonics.area",
     "area_ratio": "photonics.area",
     "format_approx": "photonics.area",
@@ -31,9 +45,28 @@ _EXPORTS: dict[str, str] = {
     "onn_area": "photonics.area",
     "parse_approx": "photonics.area",
     "parse_layers": "photonics.area",
-    "CheckpointError": "learning.checkpoint",
-    "TrainCheckpointer": "learning.checkpoint",
+    "decompose_clements": "photonics.decompose",
+    "decompose_orthogonal": "photonics.decompose",
+    "ClementsPhases": "photonics.mesh",
+    "OrthogonalPhases": "photonics.mesh",
+    "apply_clements": "photonics.mesh",
+    "apply_orthogonal": "photonics.mesh",
+    "clements_layout": "photonics.mesh",
+    "clements_unitary": "photonics.mesh",
+    "mzi_count": "photonics.mesh",
+    "orthogonal_matrix": "photonics.mesh",
+    "random_clements_phases": "photonics.mesh",
+    "random_orthogonal_phases": "photonics.mesh",
+    "givens_rotation": "photonics.mzi",
+    "mzi_transfer": "photonics.mzi",
+    "SVDMeshMapping": "photonics.svd_mapping",
+    "apply_svd_mapping": "photonics.svd_mapping",
+    "map_matrix_svd": "photonics.svd_mapping",
+    "reconstruct_matrix": "photonics.svd_mapping",
+    # Floor 2, encoding: quantization, PAM4, optical units, datasets.
+    "Dataset": "encoding.dataset",
     "DatasetSpec": "encoding.dataset",
+    "FunctionDataset": "encoding.dataset",
     "Samples": "encoding.dataset",
     "brute_force_dataset": "encoding.dataset",
     "dataset_chunk": "encoding.dataset",
@@ -41,8 +74,31 @@ _EXPORTS: dict[str, str] = {
     "dataset_samples": "encoding.dataset",
     "exhaustive_dataset": "encoding.dataset",
     "make_dataset_spec": "encoding.dataset",
-    "decompose_clements": "photonics.decompose",
-    "decompose_orthogonal": "photonics.decompose",
+    "decode_pam4": "encoding.pam4",
+    "encode_pam4": "encoding.pam4",
+    "num_symbols": "encoding.pam4",
+    "pam4_levels": "encoding.pam4",
+    "place_values": "encoding.pam4",
+    "block_exponents": "encoding.quantize",
+    "dequantize_blocks": "encoding.quantize",
+    "exponent_overhead": "encoding.quantize",
+    "quantize_blocks": "encoding.quantize",
+    "quantize_gradients": "encoding.quantize",
+    "shared_block_exponents": "encoding.quantize",
+    "grid_inputs": "encoding.units",
+    "preprocess": "encoding.units",
+    "quantized_average": "encoding.units",
+    "receiver": "encoding.units",
+    "reconstruct_average": "encoding.units",
+    "split_to_servers": "encoding.units",
+    # Floor 3, learning: the ONN, its training and evaluation.
+    "CheckpointError": "learning.checkpoint",
+    "TrainCheckpointer": "learning.checkpoint",
+    "TrainConfig": "learning.config",
+    "learning_rate_schedule": "learning.config",
+    "make_optimizer": "learning.config",
+    "projection_due": "learning.config",
+    "steps_per_epoch": "learning.config",
     "EvaluationResult": "learning.evaluate",
     "default_chunk_size": "learning.evaluate",
     "evaluate_exhaustive": "learning.evaluate",
@@ -57,56 +113,32 @@ _EXPORTS: dict[str, str] = {
     "symbol_weights": "learning.loss",
     "two_stage_loss": "learning.loss",
     "weighted_symbol_mse": "learning.loss",
-    "ClementsPhases": "photonics.mesh",
-    "OrthogonalPhases": "photonics.mesh",
-    "apply_clements": "photonics.mesh",
-    "apply_orthogonal": "photonics.mesh",
-    "clements_layout": "photonics.mesh",
-    "clements_unitary": "photonics.mesh",
-    "mzi_count": "photonics.mesh",
-    "orthogonal_matrix": "photonics.mesh",
-    "random_clements_phases": "photonics.mesh",
-    "random_orthogonal_phases": "photonics.mesh",
-    "givens_rotation": "photonics.mzi",
-    "mzi_transfer": "photonics.mzi",
     "ONN": "learning.onn",
+    "ONNApply": "learning.onn",
     "build_onn": "learning.onn",
     "onn_apply_fn": "learning.onn",
     "onn_weights": "learning.onn",
     "weight_matrix_index": "learning.onn",
-    "decode_pam4": "encoding.pam4",
-    "encode_pam4": "encoding.pam4",
-    "num_symbols": "encoding.pam4",
-    "pam4_levels": "encoding.pam4",
     "projection_diag_unitary": "learning.projection",
-    "block_exponents": "encoding.quantize",
-    "dequantize_blocks": "encoding.quantize",
-    "exponent_overhead": "encoding.quantize",
-    "quantize_blocks": "encoding.quantize",
-    "quantize_gradients": "encoding.quantize",
-    "shared_block_exponents": "encoding.quantize",
+    "evaluation_record": "learning.reporting",
+    "plot_training_curve": "learning.reporting",
+    "write_json_atomically": "learning.reporting",
+    "TrainState": "learning.step",
+    "train_epoch": "learning.step",
+    "LoadedRun": "learning.trainer",
+    "TrainResult": "learning.trainer",
+    "TrainingSetup": "learning.trainer",
+    "build_training": "learning.trainer",
+    "load_run": "learning.trainer",
+    "train_onn": "learning.trainer",
+    # Top level: scenarios as values.
     "SCENARIOS": "scenarios",
     "Scenario": "scenarios",
+    "as_scenario": "scenarios",
     "get_scenario": "scenarios",
     "make_scenario": "scenarios",
     "register_scenario": "scenarios",
-    "SVDMeshMapping": "photonics.svd_mapping",
-    "apply_svd_mapping": "photonics.svd_mapping",
-    "map_matrix_svd": "photonics.svd_mapping",
-    "reconstruct_matrix": "photonics.svd_mapping",
-    "LoadedRun": "learning.train",
-    "TrainConfig": "learning.train",
-    "TrainResult": "learning.train",
-    "TrainState": "learning.train",
-    "evaluation_record": "learning.train",
-    "load_run": "learning.train",
-    "resolve_scenario": "learning.train",
-    "run": "learning.train",
-    "preprocess": "encoding.units",
-    "quantized_average": "encoding.units",
-    "receiver": "encoding.units",
-    "reconstruct": "encoding.units",
-    "split": "encoding.units",
+    "scenario_from_json": "scenarios",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from optinc_jax import paper as paper_numbers
 from optinc_jax.photonics import area as area_model  # pure Python, no JAX
 
 json_option = click.option(
@@ -32,7 +33,7 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str]) -> None:
         as_json: Print ``json.dumps(result)`` if true, else ``human(result)``.
         human: Formats ``result`` for people.
     """
-    click.echo(json.dumps(result) if as_json else human(result))
+    click.echo(json.dumps(result, allow_nan=False) if as_json else human(result))
 
 
 @click.group()
@@ -64,7 +65,7 @@ def _area_dict(report: area_model.AreaReport) -> dict[str, Any]:
     }
 
 
-def _paper_dict(row: area_model.PaperAreaRow) -> dict[str, Any]:
+def _paper_dict(row: paper_numbers.AreaRow) -> dict[str, Any]:
     """Our area figure for one of the paper's rows, beside the paper's."""
     report = area_model.onn_area(row.layers, row.approx)
     return {
@@ -150,7 +151,7 @@ def area_command(
     if paper:
         if layers is not None or approx_spec is not None:
             raise click.UsageError("--paper uses the paper's structures; drop --layers/--approx")
-        emit([_paper_dict(row) for row in area_model.PAPER_AREA_ROWS], as_json, _format_paper)
+        emit([_paper_dict(row) for row in paper_numbers.area_rows()], as_json, _format_paper)
         return
     if layers is None:
         raise click.UsageError("give --layers (and optionally --approx), or --paper")
@@ -196,6 +197,12 @@ def _format_training(record: dict[str, Any]) -> str:
     help="Run directory (checkpoints, result.json, training.png).",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per optimizer step.")
+@click.option(
+    "--steps-per-epoch",
+    type=click.IntRange(min=1),
+    help="Optimizer steps per epoch [default: one pass over the dataset].",
+)
 @click.option("--seed", type=int, help="Initialization and sampling seed.")
 @click.option("--stage2", type=click.Choice(["hybrid", "literal", "ste"]), help="Stage-2 loss.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
@@ -206,6 +213,8 @@ def train_command(
     approx_spec: str | None,
     out_dir: str,
     epochs: int | None,
+    batch_size: int | None,
+    steps_per_epoch: int | None,
     seed: int | None,
     stage2: str | None,
     resume: bool,
@@ -214,14 +223,21 @@ def train_command(
 ) -> None:
     """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively."""
     from optinc_jax.learning.checkpoint import CheckpointError
-    from optinc_jax.learning.train import TrainConfig, run
+    from optinc_jax.learning.config import TrainConfig
+    from optinc_jax.learning.trainer import train_onn
 
-    overrides = {"epochs": epochs, "seed": seed, "stage2": stage2}
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "seed": seed,
+        "stage2": stage2,
+    }
     try:
         config = TrainConfig(scenario=scenario, approx=approx_spec).replace(
             **{key: value for key, value in overrides.items() if value is not None}
         )
-        result = run(config, out_dir, resume=resume, progress=not quiet)
+        result = train_onn(config, out_dir, resume=resume, progress=not quiet)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:
@@ -241,14 +257,15 @@ def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> Non
     """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
     from optinc_jax.learning.checkpoint import CheckpointError
     from optinc_jax.learning.evaluate import evaluate_exhaustive
-    from optinc_jax.learning.train import evaluation_record, load_run
+    from optinc_jax.learning.reporting import evaluation_record
+    from optinc_jax.learning.trainer import load_run
 
     try:
         loaded = load_run(run_dir)
     except CheckpointError as error:
         raise click.ClickException(str(error)) from None
     evaluation = evaluate_exhaustive(
-        loaded.apply_fn, loaded.params, loaded.spec, chunk_size=chunk_size
+        loaded.apply_fn, loaded.params, loaded.dataset, chunk_size=chunk_size
     )
     record = {
         "run_dir": run_dir,
@@ -277,7 +294,7 @@ def export_command(run_dir: str, out_path: str, as_json: bool) -> None:
     """Write RUN_DIR's projected ONN as plain arrays (weights_i [out, in], biases_i, scalars)."""
     from optinc_jax.learning.checkpoint import CheckpointError
     from optinc_jax.learning.export import export_arrays, save_exported
-    from optinc_jax.learning.train import load_run
+    from optinc_jax.learning.trainer import load_run
 
     try:
         loaded = load_run(run_dir)

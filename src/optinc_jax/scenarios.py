@@ -1,31 +1,47 @@
-"""OptINC scenarios: bit width, server count, ONN structure and approximated layers.
+"""OptINC scenarios as values: bit width, server count, ONN structure, approximated matrices.
 
-The registry holds the paper's Table I rows; users register their own with
-:func:`register_scenario`.
+A :class:`Scenario` is a plain, hashable value. Everything that takes a scenario (the
+trainer's ``TrainConfig``, the experiments) accepts either a value built with
+:func:`make_scenario` or the name of one in the registry :data:`SCENARIOS`, which holds the
+paper's Table I rows (their structures read from :mod:`optinc_jax.paper`). A custom
+scenario needs no registration: pass the value. :func:`register_scenario` only adds a name
+for convenience (for example for the command line).
+
+Runs store the scenario value itself (:meth:`Scenario.to_json`), so a run of a scenario
+that was never registered can be reloaded, evaluated and exported by name-free code.
 """
 
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from optinc_jax import paper
+from optinc_jax.validation import require_int
 
 __all__ = [
     "SCENARIOS",
     "Scenario",
+    "as_scenario",
     "get_scenario",
     "make_scenario",
     "register_scenario",
+    "scenario_from_json",
 ]
+
+MAX_BITS = 30
+"""Largest bit width: even, and ``2^B - 1`` must fit int32 (exact integer arithmetic)."""
 
 
 class Scenario(NamedTuple):
-    """One OptINC configuration.
+    """One OptINC configuration (build it with :func:`make_scenario`, which validates).
 
     Attributes:
-        name: registry key, e.g. ``"8b4s"``.
-        bits: gradient bit width B (even).
-        servers: number of servers N.
-        layers: ONN layer widths, inputs first and PAM4 outputs (B/2) last.
+        name: identifier, e.g. ``"8b4s"``; also the registry key of registered scenarios.
+        bits: gradient bit width ``B`` (even).
+        servers: number of servers ``N``.
+        layers: ONN layer widths, inputs first and PAM4 outputs (``B / 2``) last.
         approx: 1-based indices of the weight matrices approximated by diagonal x unitary
-            blocks (matrix i maps layer i-1 to layer i).
-        inputs: ONN input count I (equal to ``layers[0]``).
+            blocks (matrix ``i`` maps layer ``i - 1`` to layer ``i``).
+        inputs: ONN input count ``I`` (equal to ``layers[0]``).
     """
 
     name: str
@@ -45,25 +61,41 @@ class Scenario(NamedTuple):
         """Layer widths joined with dashes, the paper's notation."""
         return "-".join(str(width) for width in self.layers)
 
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict; :func:`scenario_from_json` is the inverse.
+
+        Examples:
+            >>> scenario_from_json(get_scenario("8b4s").to_json()) == get_scenario("8b4s")
+            True
+        """
+        return {
+            "name": self.name,
+            "bits": self.bits,
+            "servers": self.servers,
+            "layers": list(self.layers),
+            "approx": list(self.approx),
+            "inputs": self.inputs,
+        }
+
 
 def make_scenario(
     name: str,
     *,
     bits: int,
     servers: int,
-    layers: tuple[int, ...],
-    approx: tuple[int, ...] = (),
+    layers: Iterable[int],
+    approx: Iterable[int] = (),
     inputs: int = 4,
 ) -> Scenario:
     """Builds a validated :class:`Scenario`.
 
     Args:
-        name: identifier.
-        bits: gradient bit width B; even and >= 2.
-        servers: server count N >= 1.
+        name: identifier (non-empty).
+        bits: gradient bit width ``B``; even, in ``[2, 30]``.
+        servers: server count ``N >= 1``.
         layers: ONN widths; ``layers[0] == inputs`` and ``layers[-1] == bits // 2``.
         approx: 1-based weight-matrix indices to approximate, each in ``1..len(layers)-1``.
-        inputs: ONN input count I; must divide ``bits // 2``.
+        inputs: ONN input count ``I``; must divide ``bits // 2``.
 
     Returns:
         The scenario.
@@ -75,24 +107,27 @@ def make_scenario(
         >>> make_scenario("tiny", bits=4, servers=2, layers=(2, 16, 2), inputs=2).approx
         ()
     """
-    if bits < 2 or bits % 2:
-        raise ValueError(f"bits must be an even integer >= 2, got {bits}")
-    if servers < 1:
-        raise ValueError(f"servers must be >= 1, got {servers}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a scenario name must be a non-empty string, got {name!r}")
+    bits = require_int("bits", bits, 2, MAX_BITS)
+    if bits % 2:
+        raise ValueError(f"bits must be an even integer in [2, {MAX_BITS}], got {bits}")
+    servers = require_int("servers", servers, 1)
+    inputs = require_int("inputs", inputs, 1)
     symbols = bits // 2
-    if inputs < 1 or symbols % inputs:
+    if symbols % inputs:
         raise ValueError(
             f"inputs={inputs} must divide the {symbols} PAM4 symbols of a {bits}-bit value"
         )
-    layers = tuple(int(width) for width in layers)
-    if len(layers) < 2 or min(layers) < 1:
+    layers = tuple(require_int("every layer width", width, 1) for width in layers)
+    if len(layers) < 2:
         raise ValueError(f"layers must hold >= 2 positive widths, got {layers}")
     if layers[0] != inputs or layers[-1] != symbols:
         raise ValueError(
             f"layers {layers} must start with inputs={inputs} and end with the "
             f"{symbols} PAM4 outputs of a {bits}-bit value"
         )
-    approx = tuple(sorted(int(index) for index in approx))
+    approx = tuple(sorted(require_int("every approx index", index, 1) for index in approx))
     bad = [index for index in approx if not 1 <= index <= len(layers) - 1]
     if bad or len(set(approx)) != len(approx):
         raise ValueError(
@@ -101,57 +136,61 @@ def make_scenario(
     return Scenario(name, bits, servers, layers, approx, inputs)
 
 
-SCENARIOS: dict[str, Scenario] = {
-    scenario.name: scenario
-    for scenario in (
-        make_scenario(
-            "8b4s", bits=8, servers=4, layers=(4, 64, 128, 256, 128, 64, 4), approx=range(1, 7)
-        ),
-        make_scenario(
-            "8b8s",
-            bits=8,
-            servers=8,
-            layers=(4, 64, 128, 256, 512, 256, 128, 64, 4),
-            approx=range(2, 8),
-        ),
-        make_scenario(
-            "8b16s",
-            bits=8,
-            servers=16,
-            layers=(4, 64, 128, 256, 512, 1024, 512, 256, 128, 64, 4),
-            approx=range(2, 10),
-        ),
-        make_scenario(
-            "16b4s",
-            bits=16,
-            servers=4,
-            layers=(4, 64, 128, 256, 512, 256, 128, 64, 8),
-            approx=(4, 5, 6),
-        ),
+def scenario_from_json(document: Mapping[str, Any]) -> Scenario:
+    """The scenario of :meth:`Scenario.to_json`, validated again.
+
+    Args:
+        document: a dict with ``name, bits, servers, layers, approx, inputs``.
+
+    Returns:
+        The scenario.
+
+    Raises:
+        ValueError: if keys are missing or extra, or a field is invalid.
+    """
+    fields = set(Scenario._fields)
+    if not isinstance(document, Mapping) or set(document) != fields:
+        keys = sorted(document) if isinstance(document, Mapping) else document
+        raise ValueError(f"a scenario record needs exactly the keys {sorted(fields)}, got {keys}")
+    return make_scenario(
+        document["name"],
+        bits=document["bits"],
+        servers=document["servers"],
+        layers=document["layers"],
+        approx=document["approx"],
+        inputs=document["inputs"],
     )
+
+
+def _paper_name(row: paper.TableIRow) -> str:
+    return f"{row.bits}b{row.servers}s"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    _paper_name(row): make_scenario(
+        _paper_name(row), bits=row.bits, servers=row.servers, layers=row.layers, approx=row.approx
+    )
+    for row in paper.TABLE_I
 }
+"""Registered scenarios by name: the paper's Table I rows (``8b4s``, ``8b8s``, ``8b16s``,
+``16b4s``, each with its approximated matrices) and whatever users register."""
 
 
 def register_scenario(scenario: Scenario, *, overwrite: bool = False) -> None:
-    """Adds a user-defined scenario to :data:`SCENARIOS`.
+    """Adds a scenario to :data:`SCENARIOS` under its name (optional: values work anywhere).
 
     Args:
         scenario: built with :func:`make_scenario`.
         overwrite: replace an existing entry of the same name.
 
     Raises:
-        ValueError: if the name is taken and ``overwrite`` is false.
+        ValueError: if the name is taken and ``overwrite`` is false, or the scenario is
+            invalid.
     """
+    scenario = scenario_from_json(as_scenario(scenario).to_json())
     if scenario.name in SCENARIOS and not overwrite:
         raise ValueError(f"scenario {scenario.name!r} exists; pass overwrite=True to replace it")
-    SCENARIOS[scenario.name] = make_scenario(
-        scenario.name,
-        bits=scenario.bits,
-        servers=scenario.servers,
-        layers=scenario.layers,
-        approx=scenario.approx,
-        inputs=scenario.inputs,
-    )
+    SCENARIOS[scenario.name] = scenario
 
 
 def get_scenario(name: str) -> Scenario:
@@ -172,7 +211,35 @@ def get_scenario(name: str) -> Scenario:
     """
     try:
         return SCENARIOS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
             f"unknown scenario {name!r}; known scenarios: {', '.join(sorted(SCENARIOS))}"
         ) from None
+
+
+def as_scenario(scenario: "str | Scenario") -> Scenario:
+    """A scenario value from a value (validated again) or a registered name.
+
+    Args:
+        scenario: a :class:`Scenario` or the name of a registered one.
+
+    Returns:
+        The scenario.
+
+    Raises:
+        ValueError: on an unknown name or an invalid value.
+
+    Examples:
+        >>> as_scenario("8b4s") is get_scenario("8b4s")
+        True
+    """
+    if isinstance(scenario, Scenario):
+        return make_scenario(
+            scenario.name,
+            bits=scenario.bits,
+            servers=scenario.servers,
+            layers=scenario.layers,
+            approx=scenario.approx,
+            inputs=scenario.inputs,
+        )
+    return get_scenario(scenario)

@@ -13,30 +13,74 @@ target
 because ``sum_n u_n = sum_m (4^r)^m a_m`` exactly. Samples are built from the index grid on
 device in int32, never by enumerating the ``(2^B)^N`` server combinations; only
 :func:`brute_force_dataset` does that, to check the grid on small cases.
+
+**Pluggable datasets.** The trainer and the exhaustive evaluation accept any object of the
+small :class:`Dataset` protocol: a ``size``, the output bit width ``bits`` and a jittable
+``samples(indices) -> Samples``. :class:`DatasetSpec`, the paper's grid, is one
+implementation; the cascade's level datasets and a user's own function are others
+(:class:`FunctionDataset` wraps a plain function).
 """
 
+import dataclasses
 import functools
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.encoding.pam4 import (
-    _require_in_range,
-    _require_int,
-    _require_integer_dtype,
-    encode_pam4,
-    num_symbols,
-)
-from optinc_jax.encoding.units import _grid_inputs, preprocess, quantized_average
+from optinc_jax.encoding.pam4 import encode_pam4, num_symbols
+from optinc_jax.encoding.units import grid_inputs, preprocess, quantized_average
+from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
 
 INT32_MAX = 2**31 - 1
 MAX_EXHAUSTIVE_SIZE = 2**26
 """Largest set :func:`exhaustive_dataset` builds at once; larger ones go by chunks."""
 MAX_BRUTE_FORCE_COMBINATIONS = 2**20
 """Largest number of server combinations :func:`brute_force_dataset` enumerates."""
+
+
+class Samples(NamedTuple):
+    """A batch of ONN training samples.
+
+    Attributes:
+      inputs: ``[n, I]`` float32 preprocessed inputs ``x``.
+      target: ``[n]`` int32 targets ``t``.
+      target_symbols: ``[n, K]`` int32 PAM4 symbols of ``t``, least significant first.
+    """
+
+    inputs: jax.Array
+    target: jax.Array
+    target_symbols: jax.Array
+
+
+class Dataset(Protocol):
+    """What the trainer and the exhaustive evaluation need of a dataset.
+
+    An implementation must be hashable and compare by value (a ``NamedTuple`` or a frozen
+    dataclass): it is a static argument of the jitted training epoch and evaluation chunk,
+    so an equal dataset reuses their compilation.
+
+    Attributes:
+      size: number of samples ``S``; sample indices are ``0 .. S - 1`` and must fit int32.
+      bits: bit width ``B`` of the targets: ``target`` lies in ``[0, 2^B)`` and the ONN has
+        ``K = B / 2`` outputs.
+    """
+
+    @property
+    def size(self) -> int:
+        """Number of samples."""
+        ...
+
+    @property
+    def bits(self) -> int:
+        """Bit width of the targets."""
+        ...
+
+    def samples(self, indices: jax.Array) -> "Samples":
+        """The samples at ``indices [n]`` (int32, in ``[0, size)``); jittable, no checks."""
+        ...
 
 
 class DatasetSpec(NamedTuple):
@@ -74,19 +118,47 @@ class DatasetSpec(NamedTuple):
         """Number of samples, ``S = L^I``."""
         return self.levels**self.inputs
 
+    def samples(self, indices: jax.Array) -> "Samples":
+        """Samples at ``indices [n]`` (int32, assumed in ``[0, S)``): the :class:`Dataset` API.
 
-class Samples(NamedTuple):
-    """A batch of ONN training samples.
+        Jittable and unvalidated (use :func:`dataset_samples` for checked access).
+        """
+        return _samples(self, jnp.asarray(indices).astype(jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionDataset:
+    """A :class:`Dataset` from a plain function of the sample indices.
 
     Attributes:
-      inputs: ``[n, I]`` float32 preprocessed inputs ``x``.
-      target: ``[n]`` int32 targets ``t``.
-      target_symbols: ``[n, K]`` int32 PAM4 symbols of ``t``, least significant first.
+      size: number of samples.
+      bits: bit width of the targets (``K = bits / 2`` symbols).
+      function: jittable ``function(indices [n] int32) -> Samples``. It is compared by
+        identity: keep one function object to reuse compilations.
+
+    Examples:
+      >>> def parity(indices):
+      ...     target = indices % 4
+      ...     inputs = indices[:, None].astype(jnp.float32)
+      ...     return Samples(inputs, target, encode_pam4(target, bits=2))
+      >>> FunctionDataset(size=8, bits=2, function=parity).samples(jnp.arange(3)).target
+      Array([0, 1, 2], dtype=int32)
     """
 
-    inputs: jax.Array
-    target: jax.Array
-    target_symbols: jax.Array
+    size: int
+    bits: int
+    function: Callable[[jax.Array], "Samples"]
+
+    def __post_init__(self):
+        """Validates the fields."""
+        require_int("size", self.size, 1, INT32_MAX)
+        num_symbols(self.bits)
+        if not callable(self.function):
+            raise ValueError(f"function must be callable, got {self.function!r}")
+
+    def samples(self, indices: jax.Array) -> "Samples":
+        """``function(indices)``; see :class:`Dataset`."""
+        return self.function(jnp.asarray(indices).astype(jnp.int32))
 
 
 def make_dataset_spec(bits: int, servers: int, inputs: int = 4) -> DatasetSpec:
@@ -111,8 +183,8 @@ def make_dataset_spec(bits: int, servers: int, inputs: int = 4) -> DatasetSpec:
       (2, 61, 13845841)
     """
     symbols = num_symbols(bits)
-    servers = _require_int("servers", servers, 1)
-    inputs = _require_int("inputs", inputs, 1)
+    servers = require_int("servers", servers, 1)
+    inputs = require_int("inputs", inputs, 1)
     if symbols % inputs:
         raise ValueError(
             f"inputs = {inputs} must divide the number of symbols K = {symbols} (bits = {bits})"
@@ -133,7 +205,7 @@ def _sample(spec: DatasetSpec, index: jax.Array) -> Samples:
     digits = (index // radix) % spec.levels  # a_m = N x_m
     target = jnp.sum(digits * weights) // spec.servers
     return Samples(
-        inputs=_grid_inputs(digits, spec.servers),
+        inputs=grid_inputs(digits, spec.servers),
         target=target,
         target_symbols=encode_pam4(target, bits=spec.bits),
     )
@@ -145,14 +217,14 @@ def _samples(spec: DatasetSpec, indices: jax.Array) -> Samples:
     return jax.vmap(functools.partial(_sample, spec))(indices)
 
 
-def dataset_samples(spec: DatasetSpec, indices: jax.typing.ArrayLike) -> Samples:
-    """Samples of the exhaustive set at the given linear indices.
+def dataset_samples(spec: Dataset, indices: jax.typing.ArrayLike) -> Samples:
+    """Samples of a dataset at the given linear indices, checked.
 
     Jittable (with ``spec`` static); inside ``jax.jit`` the index range is the caller's
     responsibility.
 
     Args:
-      spec: the set, from :func:`make_dataset_spec`.
+      spec: any :class:`Dataset`; a :class:`DatasetSpec` is validated again.
       indices: ``[n]`` integer indices in ``[0, S)`` (checked when concrete).
 
     Returns:
@@ -171,13 +243,14 @@ def dataset_samples(spec: DatasetSpec, indices: jax.typing.ArrayLike) -> Samples
       >>> batch.target
       Array([  0, 255], dtype=int32)
     """
-    spec = make_dataset_spec(*spec)
-    _require_in_range("indices", indices, 0, spec.size)
+    if isinstance(spec, DatasetSpec):
+        spec = make_dataset_spec(*spec)
+    require_in_range("indices", indices, 0, spec.size)
     indices = jnp.asarray(indices)
-    _require_integer_dtype("indices", indices)
+    require_integer_dtype("indices", indices)
     if indices.ndim != 1:
         raise ValueError(f"indices must have shape [n], got {indices.shape}")
-    return _samples(spec, indices.astype(jnp.int32))
+    return spec.samples(indices.astype(jnp.int32))
 
 
 def exhaustive_dataset(bits: int, servers: int, inputs: int = 4) -> Samples:
@@ -244,14 +317,14 @@ def dataset_chunk(
       (Array([2, 3, 0], dtype=int32), Array([ True,  True, False], dtype=bool))
     """
     spec = make_dataset_spec(*spec)
-    chunk_size = _require_int("chunk_size", chunk_size, 1)
+    chunk_size = require_int("chunk_size", chunk_size, 1)
     if spec.size - 2 + chunk_size > INT32_MAX:
         raise ValueError(
             f"chunk_size = {chunk_size} would overflow int32 indices for {spec.size} samples"
         )
-    _require_in_range("start", start, 0, spec.size)
+    require_in_range("start", start, 0, spec.size)
     start = jnp.asarray(start)
-    _require_integer_dtype("start", start)
+    require_integer_dtype("start", start)
     if start.ndim != 0:
         raise ValueError(f"start must be a scalar, got shape {start.shape}")
     return _chunk(spec, start.astype(jnp.int32), chunk_size)
@@ -275,7 +348,7 @@ def dataset_chunks(spec: DatasetSpec, chunk_size: int) -> Iterator[tuple[int, Sa
       [100, 100, 56]
     """
     spec = make_dataset_spec(*spec)
-    chunk_size = _require_int("chunk_size", chunk_size, 1)
+    chunk_size = require_int("chunk_size", chunk_size, 1)
     return (
         (start, *dataset_chunk(spec, start, chunk_size))
         for start in range(0, spec.size, chunk_size)

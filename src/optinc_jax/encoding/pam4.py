@@ -4,50 +4,19 @@ A value ``u`` in ``[0, 2^B)`` becomes the symbols ``s_k = floor(u / 4^k) mod 4``
 ``k = 0 .. K-1`` (``k = 0`` least significant), and ``u = sum_k 4^k s_k``. All integer work is
 exact int32 arithmetic, so ``B`` is at most 30 (``K`` at most 15).
 
-The module also holds the two private checks shared by the encoding modules: integer
-arguments and value ranges. Range checks run only on concrete arrays; inside ``jax.jit`` or
-``jax.vmap`` the values are unknown and the caller is responsible for them.
+Value-range checks (:mod:`optinc_jax.validation`) run only on concrete arrays; inside
+``jax.jit`` or ``jax.vmap`` the values are unknown and the caller is responsible for them.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
 
 MAX_BITS = 30
 """Largest supported bit width: even, and ``2^B - 1`` must fit int32."""
-
-
-def _require_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as a Python int, or raise if it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def _require_integer_dtype(name: str, x: jax.Array) -> None:
-    """Raise if ``x`` (static dtype) is not an integer array."""
-    if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must have an integer dtype, got {x.dtype}")
-
-
-def _require_in_range(name: str, x: jax.typing.ArrayLike, low: int, high: int) -> None:
-    """Raise if a concrete integer ``x`` has values outside ``[low, high)``; skip tracers."""
-    if isinstance(x, jax.core.Tracer):
-        return
-    # Checked before any conversion to a JAX array, which would wrap int64 values to int32;
-    # JAX arrays are reduced on their device, so only two scalars come back.
-    values = x if isinstance(x, jax.Array) else np.asarray(x)
-    if values.size == 0:
-        return
-    smallest, largest = int(values.min()), int(values.max())
-    if smallest < low or largest >= high:
-        raise ValueError(
-            f"{name} must lie in [{low}, {high}), got values in [{smallest}, {largest}]"
-        )
 
 
 def num_symbols(bits: int) -> int:
@@ -66,7 +35,7 @@ def num_symbols(bits: int) -> int:
       >>> num_symbols(16)
       8
     """
-    bits = _require_int("bits", bits, 2)
+    bits = require_int("bits", bits, 2)
     if bits % 2 or bits > MAX_BITS:
         raise ValueError(
             f"bits must be even and in [2, {MAX_BITS}] (K = bits / 2 PAM4 symbols in int32), "
@@ -75,9 +44,24 @@ def num_symbols(bits: int) -> int:
     return bits // 2
 
 
-def _symbol_weights(count: int, ndim: int) -> jax.Array:
-    """``4^k`` for ``k < count`` shaped ``[1] * ndim + [count]`` (explicit ranks)."""
-    return (4 ** jnp.arange(count, dtype=jnp.int32)).reshape((1,) * ndim + (count,))
+def place_values(count: int) -> jax.Array:
+    """Place values ``4^k`` of the PAM4 symbols ``k = 0 .. count - 1``.
+
+    Args:
+      count: number of symbols (``1 <= count <= 15``).
+
+    Returns:
+      ``[count]`` int32 ``4^k``.
+
+    Raises:
+      ValueError: if ``count`` is not an integer in ``[1, 15]``.
+
+    Examples:
+      >>> place_values(3)
+      Array([ 1,  4, 16], dtype=int32)
+    """
+    count = require_int("count", count, 1, MAX_BITS // 2)
+    return 4 ** jnp.arange(count, dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames="bits")
@@ -91,7 +75,7 @@ def _encode_pam4(u: jax.Array, bits: int) -> jax.Array:
 @jax.jit
 def _decode_pam4(s: jax.Array) -> jax.Array:
     """Unvalidated jitted core of :func:`decode_pam4`."""
-    weights = _symbol_weights(s.shape[-1], s.ndim - 1)
+    weights = place_values(s.shape[-1]).reshape((1,) * (s.ndim - 1) + (s.shape[-1],))
     return jnp.sum(s.astype(jnp.int32) * weights, axis=-1)
 
 
@@ -115,9 +99,9 @@ def encode_pam4(u: jax.typing.ArrayLike, *, bits: int) -> jax.Array:
              [3, 3, 3, 3]], dtype=int32)
     """
     num_symbols(bits)
-    _require_in_range("u", u, 0, 2**bits)
+    require_in_range("u", u, 0, 2**bits)
     u = jnp.asarray(u)
-    _require_integer_dtype("u", u)
+    require_integer_dtype("u", u)
     return _encode_pam4(u, bits)
 
 
@@ -138,9 +122,9 @@ def decode_pam4(s: jax.typing.ArrayLike) -> jax.Array:
       >>> decode_pam4(jnp.array([3, 2, 1, 0]))
       Array(27, dtype=int32)
     """
-    _require_in_range("s", s, 0, 4)
+    require_in_range("s", s, 0, 4)
     s = jnp.asarray(s)
-    _require_integer_dtype("s", s)
+    require_integer_dtype("s", s)
     if s.ndim == 0 or not 1 <= s.shape[-1] <= MAX_BITS // 2:
         raise ValueError(f"s must have shape [..., K] with 1 <= K <= 15, got shape {s.shape}")
     return _decode_pam4(s)
@@ -162,7 +146,7 @@ def pam4_levels(s: jax.typing.ArrayLike) -> jax.Array:
       >>> pam4_levels(jnp.array([0, 3]))
       Array([0., 1.], dtype=float32)
     """
-    _require_in_range("s", s, 0, 4)
+    require_in_range("s", s, 0, 4)
     s = jnp.asarray(s)
-    _require_integer_dtype("s", s)
+    require_integer_dtype("s", s)
     return s.astype(jnp.float32) / jnp.float32(3)

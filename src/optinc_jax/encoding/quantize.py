@@ -32,23 +32,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.encoding.pam4 import (
-    _require_in_range,
-    _require_int,
-    _require_integer_dtype,
-    num_symbols,
+from optinc_jax.encoding.pam4 import num_symbols
+from optinc_jax.validation import (
+    require_finite_array,
+    require_floating_dtype,
+    require_in_range,
+    require_int,
+    require_integer_dtype,
 )
 
 DEFAULT_BLOCK_SIZE = 256
 """Default number of gradient elements sharing one exponent."""
 
 
-def _require_float(name: str, x: jax.Array) -> None:
+def _require_finite_floats(name: str, x: jax.Array) -> None:
     """Raise if ``x`` is not a floating array or (concrete) holds inf or NaN."""
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"{name} must be finite in {x.dtype}, got inf or NaN")
+    require_floating_dtype(name, x)
+    require_finite_array(name, x)
 
 
 def _num_blocks(size: int, block_size: int) -> int:
@@ -79,7 +79,7 @@ def _block_exponents(g: jax.Array, block_size: int) -> jax.Array:
 
 def _check_exponents(exponents: jax.Array, size: int, block_size: int) -> None:
     """Raise unless ``exponents`` is an integer ``[num_blocks]`` array for ``size`` elements."""
-    _require_integer_dtype("exponents", exponents)
+    require_integer_dtype("exponents", exponents)
     expected = (_num_blocks(size, block_size),)
     if exponents.shape != expected:
         raise ValueError(
@@ -126,9 +126,9 @@ def block_exponents(g: jax.typing.ArrayLike, *, block_size: int = DEFAULT_BLOCK_
       >>> block_exponents(jnp.array([0.5, -3.0, 0.0, 0.0]), block_size=2)
       Array([   2, -125], dtype=int32)
     """
-    block_size = _require_int("block_size", block_size, 1)
+    block_size = require_int("block_size", block_size, 1)
     g = jnp.asarray(g)
-    _require_float("g", g)
+    _require_finite_floats("g", g)
     return _block_exponents(g, block_size)
 
 
@@ -150,7 +150,7 @@ def shared_block_exponents(per_server_exponents: jax.typing.ArrayLike) -> jax.Ar
       Array([1, 2], dtype=int32)
     """
     exponents = jnp.asarray(per_server_exponents)
-    _require_integer_dtype("per_server_exponents", exponents)
+    require_integer_dtype("per_server_exponents", exponents)
     if exponents.ndim != 2 or exponents.shape[0] < 1:
         raise ValueError(
             "per_server_exponents must have shape [servers >= 1, num_blocks], "
@@ -188,9 +188,9 @@ def quantize_blocks(
       Array([160, 112, 192], dtype=int32)
     """
     num_symbols(bits)
-    block_size = _require_int("block_size", block_size, 1)
+    block_size = require_int("block_size", block_size, 1)
     g = jnp.asarray(g)
-    _require_float("g", g)
+    _require_finite_floats("g", g)
     exponents = jnp.asarray(exponents)
     _check_exponents(exponents, g.size, block_size)
     return _quantize_blocks(g, exponents, bits, block_size)
@@ -225,10 +225,10 @@ def dequantize_blocks(
       Array([ 0.503937 , -0.2519685,  1.007874 ], dtype=float32)
     """
     num_symbols(bits)
-    block_size = _require_int("block_size", block_size, 1)
-    _require_in_range("t", t, 0, 2**bits)
+    block_size = require_int("block_size", block_size, 1)
+    require_in_range("t", t, 0, 2**bits)
     t = jnp.asarray(t)
-    _require_integer_dtype("t", t)
+    require_integer_dtype("t", t)
     exponents = jnp.asarray(exponents)
     _check_exponents(exponents, t.size, block_size)
     return _dequantize_blocks(t, exponents, bits, block_size, np.dtype(dtype))
@@ -276,9 +276,9 @@ def quantize_gradients(
       Array([1], dtype=int32)
     """
     num_symbols(bits)
-    block_size = _require_int("block_size", block_size, 1)
+    block_size = require_int("block_size", block_size, 1)
     grads = jnp.asarray(grads)
-    _require_float("grads", grads)
+    _require_finite_floats("grads", grads)
     if grads.ndim < 1 or grads.shape[0] < 1:
         raise ValueError(f"grads must have shape [servers >= 1, ...], got {grads.shape}")
     return _quantize_gradients(grads, bits, block_size)
@@ -303,6 +303,6 @@ def exponent_overhead(bits: int, block_size: int, exponent_bits: int = 8) -> flo
       0.00390625
     """
     num_symbols(bits)
-    block_size = _require_int("block_size", block_size, 1)
-    exponent_bits = _require_int("exponent_bits", exponent_bits, 1)
+    block_size = require_int("block_size", block_size, 1)
+    exponent_bits = require_int("exponent_bits", exponent_bits, 1)
     return exponent_bits / (block_size * bits)

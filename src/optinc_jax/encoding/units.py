@@ -5,8 +5,9 @@ Data path of one gradient value through an OptINC (SPEC section 2):
 1. every server ``n`` sends the PAM4 symbols ``s_n`` of its quantized value ``u_n``;
 2. :func:`preprocess` (linear optics) turns the ``[servers, K]`` symbols into ``I`` ONN
    inputs ``x_m``;
-3. the ONN outputs ``K`` amplitudes ``y_k``, which :func:`split` broadcasts to all servers;
-4. every server's :func:`receiver` slices them back to symbols and :func:`reconstruct`
+3. the ONN outputs ``K`` amplitudes ``y_k``, which :func:`split_to_servers` broadcasts to
+   all servers;
+4. every server's :func:`receiver` slices them back to symbols and :func:`reconstruct_average`
    rebuilds ``t_hat``, which should equal the target :func:`quantized_average`.
 
 Functions are written for one gradient value; callers ``jax.vmap`` over values.
@@ -19,13 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.encoding.pam4 import (
-    _require_in_range,
-    _require_int,
-    _require_integer_dtype,
-    _symbol_weights,
-    decode_pam4,
-)
+from optinc_jax.encoding.pam4 import decode_pam4, place_values
+from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
 
 
 @jax.jit
@@ -56,20 +52,32 @@ def quantized_average(u: jax.typing.ArrayLike) -> jax.Array:
       >>> quantized_average(jnp.array([[3, 250], [4, 255]]))
       Array([  3, 252], dtype=int32)
     """
-    _require_in_range("u", u, 0, 2**31)
+    require_in_range("u", u, 0, 2**31)
     u = jnp.asarray(u)
-    _require_integer_dtype("u", u)
+    require_integer_dtype("u", u)
     if u.ndim < 1 or u.shape[0] < 1:
         raise ValueError(f"u must have shape [servers >= 1, ...], got {u.shape}")
     return _quantized_average(u)
 
 
-def _grid_inputs(counts: jax.Array, servers: int) -> jax.Array:
+def grid_inputs(counts: jax.Array, servers: int) -> jax.Array:
     """ONN inputs ``x = (N x) * fl32(1/N)`` from the exact integers ``N x``, in float32.
 
     One float32 multiplication by the rounded reciprocal, not a division: XLA rewrites a
     division by a constant into such a multiplication under ``jit`` but not eagerly, so
     this is the form that gives bitwise the same ``x`` on every path (eager, jit, NumPy).
+    Every producer of ONN inputs (the preprocessing unit, the exhaustive datasets) uses it.
+
+    Args:
+      counts: ``[...]`` integers ``N x`` (exact).
+      servers: number of servers ``N`` (static).
+
+    Returns:
+      ``[...]`` float32 ``x``.
+
+    Examples:
+      >>> grid_inputs(jnp.array([0, 3, 12]), 4)
+      Array([0.  , 0.75, 3.  ], dtype=float32)
     """
     return counts.astype(jnp.float32) * np.float32(1 / servers)
 
@@ -80,8 +88,9 @@ def _preprocess(symbols: jax.Array, inputs: int) -> jax.Array:
     servers, num_symbols = symbols.shape
     per_input = num_symbols // inputs
     grouped = symbols.astype(jnp.int32).reshape(servers, inputs, per_input)
-    counts = jnp.sum(grouped * _symbol_weights(per_input, 2), axis=(0, 2))  # N x_m, exact
-    return _grid_inputs(counts, servers)
+    weights = place_values(per_input).reshape(1, 1, per_input)
+    counts = jnp.sum(grouped * weights, axis=(0, 2))  # N x_m, exact
+    return grid_inputs(counts, servers)
 
 
 def preprocess(symbols: jax.typing.ArrayLike, *, inputs: int = 4) -> jax.Array:
@@ -108,10 +117,10 @@ def preprocess(symbols: jax.typing.ArrayLike, *, inputs: int = 4) -> jax.Array:
       >>> preprocess(jnp.array([[3, 1, 0, 2], [1, 1, 2, 2]]), inputs=2)
       Array([6., 9.], dtype=float32)
     """
-    inputs = _require_int("inputs", inputs, 1)
-    _require_in_range("symbols", symbols, 0, 4)
+    inputs = require_int("inputs", inputs, 1)
+    require_in_range("symbols", symbols, 0, 4)
     symbols = jnp.asarray(symbols)
-    _require_integer_dtype("symbols", symbols)
+    require_integer_dtype("symbols", symbols)
     if symbols.ndim != 2 or symbols.shape[0] < 1:
         raise ValueError(f"symbols must have shape [servers >= 1, K], got {symbols.shape}")
     num_symbols = symbols.shape[1]
@@ -143,7 +152,7 @@ def receiver(y: jax.typing.ArrayLike) -> jax.Array:
     return jnp.clip(jnp.round(jnp.asarray(y)), 0, 3).astype(jnp.int32)
 
 
-def reconstruct(y_hat: jax.typing.ArrayLike) -> jax.Array:
+def reconstruct_average(y_hat: jax.typing.ArrayLike) -> jax.Array:
     """Reconstructed average ``t_hat = sum_k 4^k y_hat_k`` from received symbols.
 
     The server-side inverse of the PAM4 encoding (:func:`optinc_jax.encoding.pam4.decode_pam4`).
@@ -158,13 +167,13 @@ def reconstruct(y_hat: jax.typing.ArrayLike) -> jax.Array:
       ValueError: as :func:`optinc_jax.encoding.pam4.decode_pam4`.
 
     Examples:
-      >>> reconstruct(receiver(jnp.array([2.9, 0.2, 1.1, 0.4])))
+      >>> reconstruct_average(receiver(jnp.array([2.9, 0.2, 1.1, 0.4])))
       Array(19, dtype=int32)
     """
     return decode_pam4(y_hat)
 
 
-def split(
+def split_to_servers(
     y: jax.typing.ArrayLike, servers: int, *, receiver_gain: float | None = None
 ) -> jax.Array:
     """Splitting unit: broadcast the ONN outputs to every server.
@@ -187,13 +196,13 @@ def split(
       ValueError: if ``y`` is not 1-D or ``servers < 1``.
 
     Examples:
-      >>> split(jnp.array([2.0, 1.0]), 4, receiver_gain=1.0)
+      >>> split_to_servers(jnp.array([2.0, 1.0]), 4, receiver_gain=1.0)
       Array([[1. , 0.5],
              [1. , 0.5],
              [1. , 0.5],
              [1. , 0.5]], dtype=float32)
     """
-    servers = _require_int("servers", servers, 1)
+    servers = require_int("servers", servers, 1)
     y = jnp.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must have shape [K], got {y.shape}")

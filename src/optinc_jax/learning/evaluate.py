@@ -1,10 +1,11 @@
 """Exact exhaustive evaluation of an ONN: accuracy and error distribution.
 
-Every distinct preprocessed input is generated on device chunk by chunk (never the whole
-set at once), pushed through the ONN and the receiver, and compared with the exact
-quantized average. Counts are accumulated on device; the host reads them once at the end.
-With a ``jax.sharding.Mesh`` each chunk is split across the mesh's devices (and hosts,
-once ``jax.distributed`` is initialized); the result is the same integer counts.
+Every sample of a dataset (by default the paper's grid of every distinct preprocessed
+input; any :class:`~optinc_jax.encoding.dataset.Dataset` works) is generated on device
+chunk by chunk (never the whole set at once), pushed through the ONN and the receiver,
+and compared with its exact target. Counts are accumulated on device; the host reads them
+once at the end. With a ``jax.sharding.Mesh`` each chunk is split across the mesh's devices
+(and hosts, once ``jax.distributed`` is initialized); the result is the same integer counts.
 """
 
 import math
@@ -17,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from optinc_jax.encoding.dataset import DatasetSpec, dataset_samples
-from optinc_jax.encoding.units import receiver, reconstruct
+from optinc_jax.encoding.dataset import INT32_MAX, Dataset
+from optinc_jax.encoding.units import receiver, reconstruct_average
+from optinc_jax.validation import require_int
 
 __all__ = ["EvaluationResult", "default_chunk_size", "evaluate_exhaustive", "predict_values"]
 
@@ -47,6 +49,23 @@ class EvaluationResult(NamedTuple):
             "error_histogram": {str(k): v for k, v in sorted(self.error_histogram.items())},
         }
 
+    @classmethod
+    def from_json(cls, document: dict) -> "EvaluationResult":
+        """The result of :meth:`to_json` (extra keys of a larger record are ignored).
+
+        Raises:
+            ValueError: if a field is missing.
+        """
+        try:
+            return cls(
+                correct=int(document["correct"]),
+                total=int(document["total"]),
+                accuracy=float(document["accuracy"]),
+                error_histogram={int(k): int(v) for k, v in document["error_histogram"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not an evaluation record: {error!r}") from None
+
 
 def predict_values(apply_fn: Callable, params, inputs: jax.Array) -> jax.Array:
     """Decoded averages ``t_hat`` the servers receive for a batch of ONN inputs.
@@ -59,17 +78,17 @@ def predict_values(apply_fn: Callable, params, inputs: jax.Array) -> jax.Array:
     Returns:
         ``[batch]`` int32 reconstructed values.
     """
-    return reconstruct(receiver(apply_fn(params, inputs)))
+    return reconstruct_average(receiver(apply_fn(params, inputs)))
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "spec", "chunk_size", "sharding"))
+@partial(jax.jit, static_argnames=("apply_fn", "dataset", "chunk_size", "sharding"))
 def _accumulate_chunk(
     counts: tuple[jax.Array, jax.Array],
     params,
     start: jax.Array,
     *,
     apply_fn: Callable,
-    spec: DatasetSpec,
+    dataset: Dataset,
     chunk_size: int,
     sharding: NamedSharding | None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -77,11 +96,11 @@ def _accumulate_chunk(
     indices = start + jnp.arange(chunk_size, dtype=jnp.int32)
     if sharding is not None:
         indices = jax.lax.with_sharding_constraint(indices, sharding)
-    valid = indices < spec.size
-    samples = dataset_samples(spec, jnp.where(valid, indices, 0))
+    valid = indices < dataset.size
+    samples = dataset.samples(jnp.where(valid, indices, 0))
     error = predict_values(apply_fn, params, samples.inputs) - samples.target
     wrong = valid & (error != 0)
-    max_error = 2**spec.bits - 1
+    max_error = 2**dataset.bits - 1
     # t and t_hat both lie in [0, 2^B - 1], so every index is in [0, 2 (2^B - 1)].
     histogram = histogram.at[error + max_error].add(wrong.astype(jnp.int32))
     return correct + jnp.sum(valid & (error == 0), dtype=jnp.int32), histogram
@@ -106,7 +125,7 @@ def default_chunk_size(backend: str | None = None) -> int:
 def evaluate_exhaustive(
     apply_fn: Callable,
     params,
-    spec: DatasetSpec,
+    dataset: Dataset,
     *,
     chunk_size: int | None = None,
     mesh: Mesh | None = None,
@@ -116,9 +135,11 @@ def evaluate_exhaustive(
 
     Args:
         apply_fn: pure ``apply_fn(params, x [batch, I]) -> y [batch, K]``; must be hashable
-            (a module-level function or one cached per model) since it is a static argument.
+            since it is a static argument; an :class:`~optinc_jax.learning.onn.ONNApply`
+            compares by value, so every network of one architecture compiles once.
         params: ONN parameters (replicated on every device).
-        spec: the exhaustive dataset's spec (bits, servers, inputs).
+        dataset: any :class:`~optinc_jax.encoding.dataset.Dataset`, e.g. the paper's grid
+            (:class:`~optinc_jax.encoding.dataset.DatasetSpec`).
         chunk_size: samples per jitted chunk; rounded up to a multiple of the device count
             when sharding. Memory is bounded by one chunk's activations. ``None`` picks
             :func:`default_chunk_size` for the backend.
@@ -129,12 +150,12 @@ def evaluate_exhaustive(
         The exact :class:`EvaluationResult`.
 
     Raises:
-        ValueError: if ``chunk_size < 1`` or the mesh lacks ``data_axis``.
+        ValueError: if ``chunk_size < 1``, the mesh lacks ``data_axis``, or the last chunk's
+            indices would not fit int32.
     """
     if chunk_size is None:
         chunk_size = default_chunk_size()
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = require_int("chunk_size", chunk_size, 1)
     sharding = None
     if mesh is not None:
         if data_axis not in mesh.axis_names:
@@ -143,16 +164,23 @@ def evaluate_exhaustive(
         chunk_size = math.ceil(chunk_size / devices) * devices
         sharding = NamedSharding(mesh, PartitionSpec(data_axis))
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    chunk_size = min(chunk_size, spec.size) if mesh is None else chunk_size
-    max_error = 2**spec.bits - 1
+    chunk_size = min(chunk_size, dataset.size) if mesh is None else chunk_size
+    last_start = (dataset.size - 1) // chunk_size * chunk_size
+    if last_start + chunk_size - 1 > INT32_MAX:
+        raise ValueError(
+            f"chunk_size {chunk_size} for {dataset.size} samples would index up to "
+            f"{last_start + chunk_size - 1}, beyond int32; use a chunk size that divides the "
+            "dataset or a smaller one"
+        )
+    max_error = 2**dataset.bits - 1
     counts = (jnp.zeros((), jnp.int32), jnp.zeros(2 * max_error + 1, jnp.int32))
-    for start in range(0, spec.size, chunk_size):
+    for start in range(0, dataset.size, chunk_size):
         counts = _accumulate_chunk(
             counts,
             params,
             jnp.int32(start),
             apply_fn=apply_fn,
-            spec=spec,
+            dataset=dataset,
             chunk_size=chunk_size,
             sharding=sharding,
         )
@@ -160,7 +188,7 @@ def evaluate_exhaustive(
     errors = np.nonzero(histogram)[0]
     return EvaluationResult(
         correct=int(correct),
-        total=spec.size,
-        accuracy=int(correct) / spec.size,
+        total=dataset.size,
+        accuracy=int(correct) / dataset.size,
         error_histogram={int(e) - max_error: int(histogram[e]) for e in errors},
     )

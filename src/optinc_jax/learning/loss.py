@@ -8,12 +8,18 @@ per-symbol term beside it (``"hybrid"``); ``"literal"`` and ``"ste"`` (reconstru
 straight-through-rounded symbols) are offered too.
 """
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from optinc_jax.encoding.pam4 import place_values
+from optinc_jax.validation import require_choice, require_int, require_real
+
 __all__ = [
     "STAGE2_LOSSES",
+    "Stage2Loss",
     "reconstruction_mse",
     "rounded_reconstruction_mse",
     "symbol_weights",
@@ -21,7 +27,12 @@ __all__ = [
     "weighted_symbol_mse",
 ]
 
-STAGE2_LOSSES = ("hybrid", "literal", "ste")
+Stage2Loss = Literal["hybrid", "literal", "ste"]
+"""Stage-2 losses: ``hybrid`` (the default; differs from the paper: its per-symbol term is
+kept beside the reconstruction MSE), ``literal`` (the paper's reconstruction MSE alone) and
+``ste`` (per-symbol term plus reconstruction of straight-through-rounded symbols)."""
+
+STAGE2_LOSSES: tuple[str, ...] = get_args(Stage2Loss)
 
 
 def symbol_weights(num_symbols: int, *, base: float = 2.0) -> jax.Array:
@@ -38,8 +49,8 @@ def symbol_weights(num_symbols: int, *, base: float = 2.0) -> jax.Array:
         >>> print(jnp.round(15 * symbol_weights(4), 4))
         [1. 2. 4. 8.]
     """
-    if num_symbols < 1 or base <= 0:
-        raise ValueError(f"need num_symbols >= 1 and base > 0, got {num_symbols}, {base}")
+    num_symbols = require_int("num_symbols", num_symbols, 1)
+    base = require_real("base", base, low=0.0, low_inclusive=False)
     raw = jnp.asarray(base, jnp.float32) ** jnp.arange(num_symbols, dtype=jnp.float32)
     return raw / raw.sum()
 
@@ -59,10 +70,6 @@ def weighted_symbol_mse(y: ArrayLike, target_symbols: ArrayLike, weights: ArrayL
     return jnp.mean(error**2 @ jnp.asarray(weights, error.dtype))
 
 
-def _place_values(num_symbols: int, dtype) -> jax.Array:
-    return 4.0 ** jnp.arange(num_symbols, dtype=dtype)
-
-
 def reconstruction_mse(y: ArrayLike, target: ArrayLike, *, bits: int) -> jax.Array:
     """The paper's stage-2 loss: MSE of ``sum_k 4^k y_k`` against ``t``, over ``(2^B - 1)^2``.
 
@@ -75,7 +82,7 @@ def reconstruction_mse(y: ArrayLike, target: ArrayLike, *, bits: int) -> jax.Arr
         Scalar normalized loss.
     """
     y = jnp.asarray(y)
-    value = y @ _place_values(y.shape[-1], y.dtype)
+    value = y @ place_values(y.shape[-1]).astype(y.dtype)
     return jnp.mean((value - jnp.asarray(target, y.dtype)) ** 2) / (2.0**bits - 1.0) ** 2
 
 
@@ -106,7 +113,7 @@ def two_stage_loss(
     stage: int,
     bits: int,
     weights: ArrayLike,
-    stage2: str = "hybrid",
+    stage2: Stage2Loss = "hybrid",
 ) -> jax.Array:
     """The ONN loss of the given stage.
 
@@ -127,18 +134,16 @@ def two_stage_loss(
     Raises:
         ValueError: on an unknown stage or ``stage2``.
     """
+    stage = require_choice("stage", stage, (1, 2))
+    stage2 = require_choice("stage2", stage2, STAGE2_LOSSES)
     if stage == 1:
         return weighted_symbol_mse(y, target_symbols, weights)
-    if stage != 2:
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
     if stage2 == "literal":
         return reconstruction_mse(y, target, bits=bits)
     if stage2 == "hybrid":
         return weighted_symbol_mse(y, target_symbols, weights) + reconstruction_mse(
             y, target, bits=bits
         )
-    if stage2 == "ste":
-        return weighted_symbol_mse(y, target_symbols, weights) + rounded_reconstruction_mse(
-            y, target, bits=bits
-        )
-    raise ValueError(f"stage2 must be one of {STAGE2_LOSSES}, got {stage2!r}")
+    return weighted_symbol_mse(y, target_symbols, weights) + rounded_reconstruction_mse(
+        y, target, bits=bits
+    )

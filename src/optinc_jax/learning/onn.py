@@ -8,14 +8,17 @@ centre the data; they are plain numbers, not trained, and are part of the export
 ``y = MLP((x - input_shift) * input_scale) * output_scale + output_shift``.
 """
 
+import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["ONN", "build_onn", "onn_apply_fn", "onn_weights", "weight_matrix_index"]
+from optinc_jax.validation import require_int
+
+__all__ = ["ONN", "ONNApply", "build_onn", "onn_apply_fn", "onn_weights", "weight_matrix_index"]
 
 
 class ONN(nnx.Module):
@@ -47,8 +50,8 @@ class ONN(nnx.Module):
         output_scale: float = 1.0,
         param_dtype: jnp.dtype = jnp.float32,
     ):
-        layers = tuple(int(width) for width in layers)
-        if len(layers) < 2 or min(layers) < 1:
+        layers = tuple(require_int("every layer width", width, 1) for width in layers)
+        if len(layers) < 2:
             raise ValueError(f"layers must hold >= 2 positive widths, got {layers}")
         self.layer_sizes = layers
         self.input_shift = float(input_shift)
@@ -91,6 +94,7 @@ def build_onn(layers: Sequence[int], *, symbols_per_input: int, seed: int = 0) -
     Returns:
         A freshly initialized :class:`ONN`.
     """
+    symbols_per_input = require_int("symbols_per_input", symbols_per_input, 1)
     input_max = 4.0**symbols_per_input - 1.0
     return ONN(
         layers,
@@ -134,19 +138,43 @@ def onn_weights(params) -> list[tuple[jax.Array, jax.Array]]:
     return [(layers[i]["kernel"].T, layers[i]["bias"]) for i in sorted(layers, key=int)]
 
 
-def onn_apply_fn(model: ONN) -> tuple[Callable[[nnx.State, jax.Array], jax.Array], nnx.State]:
+@dataclasses.dataclass(frozen=True)
+class ONNApply:
+    """The pure forward ``apply(params, x) -> y`` of an ONN architecture, keyed by value.
+
+    It holds only the NNX graph definition (layer widths and the fixed affine maps), which
+    compares and hashes by value. Used as a static argument of jitted functions (the
+    training epoch, the evaluation chunk), two equal architectures therefore share one
+    compilation, whatever the parameters and however many times the model is rebuilt
+    (noise sweeps, many runs, reloaded runs).
+
+    Attributes:
+        graphdef: the ``nnx.GraphDef`` of the model's structure.
+    """
+
+    graphdef: nnx.GraphDef
+
+    def __call__(self, params: nnx.State, x: jax.Array) -> jax.Array:
+        """Raw symbol amplitudes ``[..., K]`` of inputs ``x [..., I]``."""
+        return nnx.merge(self.graphdef, params)(x)
+
+
+def onn_apply_fn(model: ONN) -> tuple[ONNApply, nnx.State]:
     """Splits a model into a pure ``apply(params, x) -> y`` and its parameter state.
 
     Args:
         model: the ONN.
 
     Returns:
-        ``(apply, params)`` where ``apply(params, x [..., I]) -> [..., K]`` is pure and
-        jittable, and ``params`` is the ``nnx.State`` of its ``nnx.Param`` variables.
+        ``(apply, params)`` where ``apply(params, x [..., I]) -> [..., K]`` is pure,
+        jittable and compares by value (:class:`ONNApply`), and ``params`` is the
+        ``nnx.State`` of its ``nnx.Param`` variables.
+
+    Examples:
+        >>> apply_a, _ = onn_apply_fn(ONN((4, 8, 4), rngs=nnx.Rngs(0)))
+        >>> apply_b, _ = onn_apply_fn(ONN((4, 8, 4), rngs=nnx.Rngs(1)))
+        >>> apply_a == apply_b and hash(apply_a) == hash(apply_b)
+        True
     """
     graphdef, params = nnx.split(model, nnx.Param)
-
-    def apply(state: nnx.State, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, state)(x)
-
-    return apply, params
+    return ONNApply(graphdef), params

@@ -1,24 +1,41 @@
 """Hardware-aware projection of ONN weights onto the diagonal x unitary structure.
 
 :func:`projection_diag_unitary` is the pure ``params -> params`` map (named like
-``optax.projections``); the trainer applies it every ``project_every`` epochs.
+``optax.projections``); the trainer applies it every ``project_every`` epochs, between the
+jitted epochs. It is jitted with the selection as a static value, so every run and every
+call with the same selection shares one compilation.
 """
 
 from collections.abc import Sequence
+from functools import partial
+from typing import Literal
 
 import jax
 
 from optinc_jax.learning.onn import weight_matrix_index
 from optinc_jax.photonics.approx import approx_diag_unitary
+from optinc_jax.validation import require_choice, require_int
 
 __all__ = ["projection_diag_unitary"]
+
+
+@partial(jax.jit, static_argnames=("approx_layers", "side", "refine_steps"))
+def _project(params, approx_layers: tuple[int, ...], side: str, refine_steps: int):
+    selected = {index - 1 for index in approx_layers}
+
+    def project_leaf(path, leaf):
+        if weight_matrix_index(path) not in selected:
+            return leaf
+        return approx_diag_unitary(leaf.T, side=side, refine_steps=refine_steps).T
+
+    return jax.tree_util.tree_map_with_path(project_leaf, params)
 
 
 def projection_diag_unitary(
     params,
     approx_layers: Sequence[int],
     *,
-    side: str = "left",
+    side: Literal["left", "right"] = "left",
     refine_steps: int = 0,
 ):
     """Projects the selected weight matrices onto blockwise ``diag(d) U`` form.
@@ -26,7 +43,8 @@ def projection_diag_unitary(
     For every selected matrix ``W`` (1-based index, ``W = kernel.T`` of shape ``[out, in]``)
     this solves, block by block, ``argmin_{d, U orthogonal} ||W_b - diag(d) U||_F`` in the
     paper's closed form (polar factor of the block, least-squares ``d``; see
-    :func:`optinc_jax.photonics.approx.approx_diag_unitary`). Other leaves are returned unchanged.
+    :func:`optinc_jax.photonics.approx.approx_diag_unitary`). Other leaves are returned
+    unchanged. Jitted; the selection, ``side`` and ``refine_steps`` are static.
 
     Args:
         params: ONN parameter pytree (``nnx.State`` or pure dict with ``layers/<i>/kernel``).
@@ -36,12 +54,13 @@ def projection_diag_unitary(
 
     Returns:
         A pytree of the same structure.
+
+    Raises:
+        ValueError: on a non-positive index, an unknown ``side`` or negative refinements.
     """
-    selected = {int(index) - 1 for index in approx_layers}
-
-    def project_leaf(path, leaf):
-        if weight_matrix_index(path) not in selected:
-            return leaf
-        return approx_diag_unitary(leaf.T, side=side, refine_steps=refine_steps).T
-
-    return jax.tree_util.tree_map_with_path(project_leaf, params)
+    approx_layers = tuple(
+        sorted({require_int("every approx index", index, 1) for index in approx_layers})
+    )
+    side = require_choice("side", side, ("left", "right"))
+    refine_steps = require_int("refine_steps", refine_steps, 0)
+    return _project(params, approx_layers, side, refine_steps)

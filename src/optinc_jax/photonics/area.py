@@ -15,14 +15,16 @@ diagonal column::
 
 Weight matrix ``i`` (1-based) of an ONN with layer widths ``(w_0, w_1, ...)`` is
 ``w_i x w_{i-1}``. This module is pure Python (no JAX or NumPy) so that the command-line
-interface can use it without importing either.
+interface can use it without importing either. The paper's own area figures live in
+:mod:`optinc_jax.paper`.
 """
 
 import itertools
 import math
-import operator
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from optinc_jax.validation import require_int
 
 
 class MatrixArea(NamedTuple):
@@ -65,58 +67,6 @@ class AreaReport(NamedTuple):
     area_ratio: float
 
 
-class PaperAreaRow(NamedTuple):
-    """One area figure reported by the paper (Tables I and II).
-
-    Attributes:
-        table: ``"I"`` or ``"II"``.
-        bits: Gradient bit width ``B``.
-        servers: Number of servers ``N``.
-        layers: ONN layer widths.
-        approx: 1-based indices of the approximated weight matrices.
-        area_ratio_percent: The paper's area ratio in percent, as printed (rounded to 0.1).
-    """
-
-    table: str
-    bits: int
-    servers: int
-    layers: tuple[int, ...]
-    approx: tuple[int, ...]
-    area_ratio_percent: float
-
-
-_LAYERS_8B_4S = (4, 64, 128, 256, 128, 64, 4)
-_LAYERS_8B_8S = (4, 64, 128, 256, 512, 256, 128, 64, 4)
-_LAYERS_8B_16S = (4, 64, 128, 256, 512, 1024, 512, 256, 128, 64, 4)
-_LAYERS_16B_4S = (4, 64, 128, 256, 512, 256, 128, 64, 8)
-
-PAPER_AREA_ROWS: tuple[PaperAreaRow, ...] = (
-    PaperAreaRow("I", 8, 4, _LAYERS_8B_4S, (1, 2, 3, 4, 5, 6), 39.3),
-    PaperAreaRow("I", 8, 8, _LAYERS_8B_8S, (2, 3, 4, 5, 6, 7), 40.9),
-    PaperAreaRow("I", 8, 16, _LAYERS_8B_16S, (2, 3, 4, 5, 6, 7, 8, 9), 40.4),
-    PaperAreaRow("I", 16, 4, _LAYERS_16B_4S, (4, 5, 6), 49.3),
-    PaperAreaRow("II", 16, 4, _LAYERS_16B_4S, (4, 5, 6), 49.3),
-    PaperAreaRow("II", 16, 4, _LAYERS_16B_4S, (4, 5, 6, 7), 47.9),
-    PaperAreaRow("II", 16, 4, _LAYERS_16B_4S, (4, 5, 6, 7, 8), 47.4),
-    PaperAreaRow("II", 16, 4, _LAYERS_16B_4S, (3, 4, 5, 6), 43.7),
-    PaperAreaRow("II", 16, 4, _LAYERS_16B_4S, (3, 4, 5, 6, 7), 42.2),
-)
-"""The paper's area ratios (Tables I and II), to compare against; never used to compute."""
-
-
-def _positive_int(value: object, what: str) -> int:
-    """Return ``value`` as an ``int`` if it is a positive integer (not a bool)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return number
-
-
 def parse_layers(spec: str) -> tuple[int, ...]:
     """Parse hyphen-separated ONN layer widths.
 
@@ -152,7 +102,7 @@ def _check_layers(layer_sizes: str | Sequence[int]) -> tuple[int, ...]:
     """Return validated layer widths from a string or a sequence of integers."""
     if isinstance(layer_sizes, str):
         return parse_layers(layer_sizes)
-    widths = tuple(_positive_int(width, "every layer width") for width in layer_sizes)
+    widths = tuple(require_int("every layer width", width, 1) for width in layer_sizes)
     if len(widths) < 2:
         raise ValueError(f"an ONN needs at least two layer widths, got {layer_sizes!r}")
     return widths
@@ -192,7 +142,7 @@ def parse_approx(spec: str | Sequence[int], num_matrices: int) -> tuple[int, ...
         >>> parse_approx("all", 3)
         (1, 2, 3)
     """
-    num_matrices = _positive_int(num_matrices, "num_matrices")
+    num_matrices = require_int("num_matrices", num_matrices, 1)
     valid = f"valid indices are 1..{num_matrices}"
     if isinstance(spec, str):
         text = spec.strip().lower()
@@ -211,7 +161,7 @@ def parse_approx(spec: str | Sequence[int], num_matrices: int) -> tuple[int, ...
                 ) from None
     else:
         try:
-            indices = [_positive_int(index, "index") for index in spec]
+            indices = [require_int("index", index, 1) for index in spec]
         except (TypeError, ValueError):
             raise ValueError(
                 f"invalid approximated matrices {spec!r}: expected positive integers; {valid}"
@@ -242,7 +192,7 @@ def format_approx(indices: Sequence[int]) -> str:
         >>> format_approx(())
         'none'
     """
-    values = [_positive_int(index, "every index") for index in indices]
+    values = [require_int("every index", index, 1) for index in indices]
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"indices must be strictly increasing, got {indices!r}")
     runs: list[list[int]] = []
@@ -273,7 +223,7 @@ def matrix_mzis(rows: int, cols: int) -> int:
         >>> matrix_mzis(64, 4)
         2026
     """
-    m, n = _positive_int(rows, "rows"), _positive_int(cols, "cols")
+    m, n = require_int("rows", rows, 1), require_int("cols", cols, 1)
     return m * (m - 1) // 2 + n * (n - 1) // 2 + min(m, n)
 
 
@@ -295,7 +245,7 @@ def approx_matrix_mzis(rows: int, cols: int) -> int:
         >>> approx_matrix_mzis(64, 4)
         160
     """
-    m, n = _positive_int(rows, "rows"), _positive_int(cols, "cols")
+    m, n = require_int("rows", rows, 1), require_int("cols", cols, 1)
     k = min(m, n)
     return math.ceil(max(m, n) / k) * (k * (k - 1) // 2 + k)
 

@@ -1,0 +1,441 @@
+"""Hardware-aware training of the OptINC ONN (SPEC section 4): runs, resume, reload.
+
+:func:`train_onn` trains a scenario's ONN on its exhaustive dataset (or on any
+:class:`~optinc_jax.encoding.dataset.Dataset` passed in) with the two-stage loss, Adam and
+a learning-rate schedule, one jitted epoch (:func:`optinc_jax.learning.step.train_epoch`)
+at a time. The selected weight matrices are projected onto diagonal x unitary blocks every
+``project_every`` epochs, between the jitted epochs; every evaluation measures the
+*projected* network exhaustively, training stops at the first projected 100 %, and the
+final parameters are always projected. Checkpoints are written atomically and a killed run
+resumes from the last one with the same result it would have reached uninterrupted; a
+finished run asked to resume returns its stored result.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from optinc_jax.encoding.dataset import Dataset, DatasetSpec, make_dataset_spec
+from optinc_jax.learning.checkpoint import CheckpointError, TrainCheckpointer
+from optinc_jax.learning.config import (
+    TrainConfig,
+    make_optimizer,
+    projection_due,
+    steps_per_epoch,
+)
+from optinc_jax.learning.evaluate import EvaluationResult, evaluate_exhaustive
+from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
+from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.learning.reporting import (
+    evaluation_record,
+    plot_training_curve,
+    write_json_atomically,
+)
+from optinc_jax.learning.step import DATA_AXIS, TrainState, train_epoch
+from optinc_jax.scenarios import SCENARIOS, Scenario, scenario_from_json
+
+__all__ = [
+    "LoadedRun",
+    "TrainResult",
+    "TrainingSetup",
+    "build_training",
+    "load_run",
+    "train_onn",
+]
+
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train_onn` returns (and writes to ``workdir/result.json``).
+
+    Attributes:
+        evaluation: exhaustive evaluation of the final (projected) network.
+        params: final parameters (``nnx.State``), projected.
+        apply_fn: pure ``apply_fn(params, x) -> y`` (an :class:`ONNApply`).
+        epochs: epochs trained in total (resumed runs included).
+        record: the JSON document written to ``result.json``.
+    """
+
+    evaluation: EvaluationResult
+    params: Any
+    apply_fn: ONNApply
+    epochs: int
+    record: dict
+
+
+class TrainingSetup(NamedTuple):
+    """Everything a run is built from, before any training.
+
+    Attributes:
+        scenario: the scenario value.
+        approx_layers: 1-based approximated weight matrices.
+        dataset: the training and evaluation set.
+        steps_per_epoch: optimizer steps per epoch.
+        model: the freshly initialized ONN.
+        apply_fn: its pure forward (compares by value).
+        initial_state: initial parameters and optimizer state.
+    """
+
+    scenario: Scenario
+    approx_layers: tuple[int, ...]
+    dataset: Dataset
+    steps_per_epoch: int
+    model: ONN
+    apply_fn: ONNApply
+    initial_state: TrainState
+
+
+def build_training(config: TrainConfig, dataset: Dataset | None = None) -> TrainingSetup:
+    """The scenario, dataset, model and initial state a config describes.
+
+    Args:
+        config: the run's configuration.
+        dataset: the training set; ``None`` for the scenario's exhaustive grid. Its
+            ``bits`` must equal the scenario's (the ONN has ``bits / 2`` outputs).
+
+    Returns:
+        The :class:`TrainingSetup`.
+
+    Raises:
+        ValueError: on a dataset of the wrong bit width or a batch larger than it.
+    """
+    scenario = config.resolved_scenario()
+    approx_layers = config.approx_layers()
+    if dataset is None:
+        dataset = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs)
+    elif dataset.bits != scenario.bits:
+        raise ValueError(
+            f"the dataset has {dataset.bits}-bit targets but scenario {scenario.name!r} is "
+            f"{scenario.bits}-bit ({scenario.bits // 2} ONN outputs)"
+        )
+    steps = steps_per_epoch(config, dataset.size)
+    symbols_per_input = scenario.bits // 2 // scenario.inputs
+    model = build_onn(scenario.layers, symbols_per_input=symbols_per_input, seed=config.seed)
+    apply_fn, params = onn_apply_fn(model)
+    tx = make_optimizer(config, config.epochs * steps)
+    return TrainingSetup(
+        scenario,
+        approx_layers,
+        dataset,
+        steps,
+        model,
+        apply_fn,
+        TrainState(params, tx.init(params)),
+    )
+
+
+def _project(config: TrainConfig, approx_layers: tuple[int, ...], params):
+    return projection_diag_unitary(
+        params, approx_layers, side=config.approx_side, refine_steps=config.refine_steps
+    )
+
+
+def _hardware_params(config: TrainConfig, approx_layers: tuple[int, ...], epoch: int, params):
+    """The parameters as mapped to hardware after ``epoch`` epochs.
+
+    After a projection epoch they already are projected and are returned as they are, so
+    that training, ``result.json``, :func:`load_run` and the export all see the very same
+    arrays (projecting twice agrees only up to float rounding); otherwise they are
+    projected now.
+    """
+    if projection_due(config, epoch):
+        return params
+    return _project(config, approx_layers, params)
+
+
+def _dataset_description(dataset: Dataset) -> dict[str, Any]:
+    if isinstance(dataset, DatasetSpec):
+        return {"kind": "grid", **dataset._asdict(), "size": dataset.size}
+    return {"kind": "custom", "repr": repr(dataset), "size": dataset.size, "bits": dataset.bits}
+
+
+class LoadedRun(NamedTuple):
+    """A finished or interrupted run reloaded from its directory.
+
+    Attributes:
+        config: the run's configuration.
+        scenario: its scenario.
+        approx_layers: 1-based approximated weight matrices.
+        dataset: its dataset.
+        model: the ONN holding the *projected* parameters of the last checkpoint.
+        apply_fn: pure ``apply_fn(params, x) -> y``.
+        params: projected parameters (``nnx.State``).
+        epoch: epochs completed at that checkpoint.
+    """
+
+    config: TrainConfig
+    scenario: Scenario
+    approx_layers: tuple[int, ...]
+    dataset: Dataset
+    model: ONN
+    apply_fn: ONNApply
+    params: Any
+    epoch: int
+
+
+def _config_from_record(record: dict) -> TrainConfig:
+    """The config of a checkpoint record.
+
+    An unregistered scenario name is restored from the scenario stored beside it.
+    """
+    document = dict(record["config"])
+    scenario = document.get("scenario")
+    if isinstance(scenario, str) and scenario not in SCENARIOS and "scenario" in record:
+        document["scenario"] = scenario_from_json(record["scenario"])
+    try:
+        return TrainConfig.from_json(document)
+    except ValueError as error:
+        raise CheckpointError(f"the run's configuration cannot be restored: {error}") from None
+
+
+def load_run(workdir: str | Path, *, dataset: Dataset | None = None) -> LoadedRun:
+    """Reloads a run directory written by :func:`train_onn` (its latest checkpoint).
+
+    Args:
+        workdir: the run directory.
+        dataset: the dataset the run was trained on, if it was not the scenario's grid.
+
+    Returns:
+        The :class:`LoadedRun`, parameters projected as they were evaluated.
+
+    Raises:
+        CheckpointError: if the directory holds no readable checkpoint, or the run used a
+            custom dataset and none is given.
+    """
+    directory = Path(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint in {directory}")
+    checkpointer = TrainCheckpointer(directory)
+    try:
+        if checkpointer.latest_epoch() is None:
+            raise CheckpointError(f"no checkpoint in {directory}")
+        record = checkpointer.restore_record()
+        config = _config_from_record(record)
+        if dataset is None and record.get("dataset", {}).get("kind") == "custom":
+            raise CheckpointError(
+                f"the run in {workdir} was trained on a custom dataset "
+                f"({record['dataset']['repr']}); pass it as dataset="
+            )
+        setup = build_training(config, dataset)
+        state, epoch, _ = checkpointer.restore(setup.initial_state)
+    finally:
+        checkpointer.close()
+    params = _hardware_params(config, setup.approx_layers, epoch, state.params)
+    nnx.update(setup.model, params)
+    return LoadedRun(
+        config,
+        setup.scenario,
+        setup.approx_layers,
+        setup.dataset,
+        setup.model,
+        setup.apply_fn,
+        params,
+        epoch,
+    )
+
+
+def _stored_result(workdir: Path, config: TrainConfig, epoch: int) -> dict | None:
+    """The ``result.json`` of this config at this epoch, if it was written."""
+    path = workdir / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("config") != config.to_json() or record.get("epochs") != epoch:
+        return None
+    return record
+
+
+def train_onn(
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    mesh: Mesh | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Trains, evaluates and records one OptINC ONN.
+
+    Args:
+        config: the run's configuration.
+        workdir: run directory; receives ``checkpoints/``, ``result.json`` and
+            ``training.png``.
+        resume: continue from the latest checkpoint in ``workdir`` (its config must equal
+            ``config``); without a checkpoint the run starts fresh. A finished run (stopped
+            at 100 % or at its last epoch, ``result.json`` written) returns its stored
+            result without training or evaluating again.
+        progress: show a progress bar on stderr.
+        on_epoch_end: called as ``on_epoch_end(epoch, history)`` after each epoch (after
+            any checkpoint of that epoch is written).
+        mesh: optional device mesh with a ``"data"`` axis: data-parallel training (batch
+            sharded, parameters replicated) and sharded evaluation. ``batch_size`` must be
+            divisible by the axis size. The trajectory equals the one-device run up to
+            float reassociation in the gradient sum.
+        dataset: the training and evaluation set; ``None`` for the scenario's exhaustive
+            grid. Any :class:`~optinc_jax.encoding.dataset.Dataset` plugs in.
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        CheckpointError: if ``workdir`` holds checkpoints and ``resume`` is false, or they
+            belong to another configuration, or are corrupt.
+        ValueError: if the mesh lacks a ``"data"`` axis or does not divide the batch, or
+            the dataset does not fit the scenario.
+    """
+    workdir = Path(workdir)
+    if mesh is not None:
+        if DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"mesh axes {mesh.axis_names} lack the {DATA_AXIS!r} axis")
+        if config.batch_size % mesh.shape[DATA_AXIS]:
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the "
+                f"{mesh.shape[DATA_AXIS]} devices of the mesh's {DATA_AXIS!r} axis"
+            )
+    setup = build_training(config, dataset)
+    scenario, approx_layers, dataset = setup.scenario, setup.approx_layers, setup.dataset
+    apply_fn, steps = setup.apply_fn, setup.steps_per_epoch
+    state = setup.initial_state
+    config_json = config.to_json()
+    history = {"loss": [], "eval_epoch": [], "accuracy": [], "switch_epoch": config.switch_epoch}
+    checkpointer = TrainCheckpointer(workdir / CHECKPOINT_DIR)
+    start_epoch, train_seconds, done = 0, 0.0, False
+    try:
+        if checkpointer.latest_epoch() is not None:
+            if not resume:
+                raise CheckpointError(
+                    f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue"
+                )
+            state, start_epoch, record = checkpointer.restore(state)
+            if record["config"] != config_json:
+                raise CheckpointError(
+                    f"checkpoint in {workdir} was written with config {record['config']}, "
+                    f"not {config_json}"
+                )
+            history, train_seconds = record["history"], record["train_seconds"]
+            done = record["stopped_at_full_accuracy"]
+            stored = _stored_result(workdir, config, start_epoch)
+            if stored is not None and (done or start_epoch >= config.epochs):
+                params = _hardware_params(config, approx_layers, start_epoch, state.params)
+                return TrainResult(
+                    EvaluationResult.from_json(stored), params, apply_fn, start_epoch, stored
+                )
+        if mesh is not None:
+            state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+
+        epoch, evaluation = start_epoch, None
+        bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
+        while epoch < config.epochs and not done:
+            tic = time.perf_counter()
+            stage = 1 if epoch < config.switch_epoch else 2
+            state, loss = train_epoch(
+                state,
+                jax.random.fold_in(jax.random.key(config.seed), epoch),
+                apply_fn=apply_fn,
+                dataset=dataset,
+                config=config,
+                stage=stage,
+                steps=steps,
+                mesh=mesh,
+            )
+            epoch += 1
+            history["loss"].append(float(loss))
+            if projection_due(config, epoch):
+                state = state._replace(params=_project(config, approx_layers, state.params))
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                evaluation = evaluate_exhaustive(
+                    apply_fn,
+                    _hardware_params(config, approx_layers, epoch, state.params),
+                    dataset,
+                    chunk_size=config.eval_chunk_size,
+                    mesh=mesh,
+                    data_axis=DATA_AXIS,
+                )
+                history["eval_epoch"].append(epoch)
+                history["accuracy"].append(evaluation.accuracy)
+                done = config.stop_at_full_accuracy and evaluation.correct == evaluation.total
+            train_seconds += time.perf_counter() - tic
+            if epoch % config.checkpoint_every == 0 or epoch == config.epochs or done:
+                checkpointer.save(
+                    epoch,
+                    state,
+                    {
+                        "config": config_json,
+                        "scenario": scenario.to_json(),
+                        "dataset": _dataset_description(dataset),
+                        "history": history,
+                        "train_seconds": train_seconds,
+                        "stopped_at_full_accuracy": done,
+                    },
+                )
+            bar.update(1)
+            bar.set_postfix(
+                stage=stage,
+                loss=f"{float(loss):.3g}",
+                acc=f"{history['accuracy'][-1]:.6f}" if history["accuracy"] else "-",
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history)
+        bar.close()
+    finally:
+        checkpointer.close()
+
+    final_params = _hardware_params(config, approx_layers, epoch, state.params)
+    if evaluation is None or history["eval_epoch"][-1] != epoch:
+        evaluation = evaluate_exhaustive(
+            apply_fn,
+            final_params,
+            dataset,
+            chunk_size=config.eval_chunk_size,
+            mesh=mesh,
+            data_axis=DATA_AXIS,
+        )
+    record = {
+        **evaluation_record(scenario, approx_layers, evaluation),
+        "epochs": epoch,
+        "steps_per_epoch": steps,
+        "train_seconds": train_seconds,
+        "device": jax.devices()[0].platform,
+        "devices": 1 if mesh is None else mesh.size,
+        "dataset": _dataset_description(dataset),
+        "config": config_json,
+        "history": history,
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(workdir / RESULT_FILE, record)
+    plot_training_curve(
+        history,
+        workdir / "training.png",
+        f"{scenario.name} ({scenario.layers_string}, approx {list(approx_layers) or 'none'}): "
+        f"{evaluation.accuracy:.5%} after {epoch} epochs",
+    )
+    return TrainResult(evaluation, final_params, apply_fn, epoch, record)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc=f"train {name}",
+        unit="epoch",
+        dynamic_ncols=True,
+        leave=True,
+        miniters=1,
+        smoothing=0.1,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+    )

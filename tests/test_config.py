@@ -1,0 +1,90 @@
+import json
+
+import optax
+import pytest
+
+from optinc_jax.learning.config import (
+    TrainConfig,
+    learning_rate_schedule,
+    make_optimizer,
+    steps_per_epoch,
+)
+from optinc_jax.scenarios import get_scenario, make_scenario
+
+CUSTOM = make_scenario("never-registered", bits=4, servers=3, layers=(2, 16, 2), inputs=2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+        ({"epochs": 2.5}, "epochs must be an integer >= 1, got 2.5"),
+        ({"batch_size": 8.0}, "batch_size must be an integer"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"seed": 2**40}, "seed must be an integer in"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+        ({"learning_rate": 0.0}, "learning_rate must be a finite number in \\(0.0"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction must be a finite number in \\[0.0, 1.0\\)"),
+        ({"warmup_fraction": -0.1}, "warmup_fraction"),
+        ({"warmup_fraction": 0.0}, "onecycle"),
+        ({"schedule": "linear"}, "schedule must be one of 'onecycle', 'cosine', 'constant'"),
+        ({"stage2": "paper"}, "stage2 must be one of"),
+        ({"approx_side": "up"}, "approx_side must be one of 'left', 'right'"),
+        ({"approx": "7"}, "out of range"),
+        ({"scenario": "nope"}, "unknown scenario 'nope'"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch"),
+        ({"stop_at_full_accuracy": 1}, "stop_at_full_accuracy must be a bool"),
+    ],
+)
+def test_invalid_fields_are_refused_by_name(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_nothing_is_clamped():
+    # A batch larger than the dataset would have been one step of a partial epoch.
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        steps_per_epoch(TrainConfig(batch_size=64), 49)
+    assert steps_per_epoch(TrainConfig(batch_size=8), 49) == 6
+    assert steps_per_epoch(TrainConfig(batch_size=64, steps_per_epoch=3), 49) == 3
+    # No warm-up is allowed where the schedule has none to clamp.
+    cosine = learning_rate_schedule(TrainConfig(schedule="cosine", warmup_fraction=0.0), 10)
+    assert float(cosine(0)) == pytest.approx(3e-3)
+    onecycle = learning_rate_schedule(TrainConfig(warmup_fraction=0.2), 100)
+    assert float(onecycle(20)) == pytest.approx(3e-3, rel=1e-3)
+
+
+def test_optimizer_is_rebuilt_identically():
+    a = make_optimizer(TrainConfig(), 100)
+    b = make_optimizer(TrainConfig(), 100)
+    assert isinstance(a, optax.GradientTransformation)
+    params = {"w": optax.tree_utils.tree_zeros_like({"w": 1.0})["w"]}
+    grads = {"w": 1.0}
+    ua, _ = a.update(grads, a.init(params), params)
+    ub, _ = b.update(grads, b.init(params), params)
+    assert ua == ub
+
+
+@pytest.mark.parametrize("scenario", ["8b4s", CUSTOM])
+def test_json_round_trip_with_names_and_values(scenario):
+    config = TrainConfig(scenario=scenario, approx=(1,), epochs=3)
+    document = json.loads(json.dumps(config.to_json(), allow_nan=False))
+    again = TrainConfig.from_json(document)
+    assert again == config and hash(again) == hash(config)
+    assert again.approx_layers() == (1,)
+
+
+def test_scenario_values_need_no_registration():
+    config = TrainConfig(scenario=CUSTOM)
+    assert config.resolved_scenario() == CUSTOM
+    assert config.approx_layers() == ()
+    assert TrainConfig(scenario="8b8s").approx_layers() == get_scenario("8b8s").approx
+
+
+def test_record_of_another_version_is_refused():
+    document = TrainConfig().to_json()
+    with pytest.raises(ValueError, match=r"missing keys \['seed'\]"):
+        TrainConfig.from_json({k: v for k, v in document.items() if k != "seed"})
+    with pytest.raises(ValueError, match=r"unknown keys \['momentum'\]"):
+        TrainConfig.from_json({**document, "momentum": 0.9})
