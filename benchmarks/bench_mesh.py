@@ -8,14 +8,18 @@ Rows (median wall time of repeats, after warm-up / compilation; JAX results bloc
 - ``decompose``: unitary -> phases for n in {64, 256}, complex128.
 - ``forward``: a [4096, n] batch of complex64 amplitudes through one mesh, n in {4, 64, 256}.
 
-Baselines, timed in the same run:
+Ours is the public API only (``clements_unitary``, ``apply_clements``, ``decompose_clements``;
+the meshes are ``mzi_transfer`` matrices sent through ``propagate_columns``). Baselines,
+timed in the same run:
 
 - ``numpy_per_mzi``: a loop over the MZIs in layout order, each applied as a 2 x 2 rotation
   of two rows (two rows and two columns for the decomposition), with the cos / sin / exp of
-  all phases precomputed vectorised. For a batch of phase sets: ``numpy_per_mzi_loop``
-  calls it once per set (what peers do), ``numpy_per_mzi_bcast`` broadcasts each MZI update
-  over the batch. Per-set loops that would take minutes are timed on a few sets and scaled
-  linearly (marked ``"extrapolated_from"``).
+  all phases precomputed vectorised. It is an independent NumPy copy of the
+  ``mzi_transfer`` convention, on purpose: the correctness checks compare the two. For a
+  batch of phase sets: ``numpy_per_mzi_loop`` calls it once per set (what peers do),
+  ``numpy_per_mzi_bcast`` broadcasts each MZI update over the batch. Per-set loops that
+  would take minutes are timed on a few sets and scaled linearly (marked
+  ``"extrapolated_from"``).
 - ``interferometer`` (PyPI package, optional ``bench`` extra) where it imports:
   ``square_decomposition`` (the same Clements algorithm) and
   ``Interferometer.calculate_transformation``; both multiply full n x n matrices per MZI

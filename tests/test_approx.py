@@ -270,10 +270,11 @@ def test_nan_check_is_skipped_under_jit():
         (np.zeros((0, 3), np.float32), {}, "non-empty"),
         (np.array([[1.0, np.nan]], np.float32), {}, "NaN or inf"),
         (np.array([[1.0], [np.inf]], np.float32), {}, "NaN or inf"),
-        (np.eye(2, dtype=np.int32), {}, "floating-point"),
-        (np.eye(2, dtype=np.complex64), {}, "floating-point"),
-        (np.eye(2, dtype=np.float32), {"side": "up"}, "side must be 'left' or 'right'"),
-        (np.eye(2, dtype=np.float32), {"refine_steps": -1}, "refine_steps"),
+        (np.eye(2, dtype=np.int32), {}, "W must have a real floating dtype, got int32"),
+        (np.eye(2, dtype=np.complex64), {}, "W must have a real floating dtype"),
+        (np.eye(2, dtype=np.float32), {"side": "up"}, "side must be one of 'left', 'right'"),
+        (np.eye(2, dtype=np.float32), {"side": None}, "side must be one of"),
+        (np.eye(2, dtype=np.float32), {"refine_steps": -1}, "refine_steps must be an integer >= 0"),
         (np.eye(2, dtype=np.float32), {"refine_steps": 1.0}, "refine_steps"),
         (np.eye(2, dtype=np.float32), {"refine_steps": True}, "refine_steps"),
     ],
@@ -283,6 +284,13 @@ def test_rejects_bad_inputs(W, kwargs, match):
         approx_diag_unitary(W, **kwargs)
     with pytest.raises(ValueError, match=match):
         diag_unitary_factors(W, **kwargs)
+
+
+def test_numpy_integer_refine_steps_is_accepted():
+    W = _random((4, 2), 0)
+    chex.assert_trees_all_close(
+        approx_diag_unitary(W, refine_steps=np.int64(2)), approx_diag_unitary(W, refine_steps=2)
+    )
 
 
 def test_factors_to_matrix_rejects_mismatched_shape():

@@ -15,6 +15,7 @@ from optinc_jax.photonics.mesh import (
     mzi_count,
     orthogonal_matrix,
 )
+from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
 
 
 def haar_unitary(n, seed):
@@ -127,6 +128,65 @@ def test_orthogonal_special_matrices(x64):
         assert max_error(orthogonal_matrix(decompose_orthogonal(q)), q) < 1e-12
 
 
+# ------------------------------------------------------------ the MZI convention
+
+angles = st.floats(-7.0, 7.0, allow_nan=False)
+entries = st.complex_numbers(max_magnitude=10.0, allow_nan=False, allow_infinity=False)
+
+
+@given(x=entries, y=entries)
+def test_step_angles_null_their_entry_with_mzi_transfer(x, y):
+    """Row steps apply T = mzi_transfer(theta, phi), column steps T^H, from their angles."""
+    h = np.hypot(abs(x), abs(y))
+    with jax.enable_x64(True):
+        pair = jnp.array([x, y], jnp.complex128)
+        theta, phi = decompose._row_angles(pair[0], pair[1], real=False)
+        assert 0 <= theta <= np.pi / 2
+        out = np.asarray(mzi_transfer(theta, phi) @ pair)
+        assert abs(out[1]) <= 1e-14 * max(h, 1) and np.isclose(abs(out[0]), h)
+        theta, phi = decompose._column_angles(pair[0], pair[1], real=False)
+        assert 0 <= theta <= np.pi / 2
+        out = np.asarray(pair @ jnp.conj(mzi_transfer(theta, phi)).T)
+        assert abs(out[0]) <= 1e-14 * max(h, 1) and np.isclose(abs(out[1]), h)
+        real = jnp.array([x.real, y.real])
+        (theta,) = decompose._row_angles(real[0], real[1], real=True)
+        out = np.asarray(givens_rotation(theta) @ real)
+        assert abs(out[1]) <= 1e-14 * max(h, 1)
+        (theta,) = decompose._column_angles(real[0], real[1], real=True)
+        out = np.asarray(real @ givens_rotation(theta).T)
+        assert abs(out[0]) <= 1e-14 * max(h, 1)
+
+
+def test_step_angles_of_a_zero_pair_do_not_mix(x64):
+    zero = jnp.complex128(0)
+    for step in (decompose._row_angles, decompose._column_angles):
+        theta, _ = step(zero, zero, real=False)
+        assert float(theta) == 0.0
+        (theta,) = step(zero.real, zero.real, real=True)
+        assert float(theta) == 0.0
+
+
+@given(theta=angles, phi=angles, a1=angles, a2=angles)
+def test_commutation_through_the_diagonal_holds_for_the_convention(theta, phi, a1, a2):
+    """T(theta, phi)^-1 D = D' T(theta, phi'): the identity decompose_clements relies on."""
+    d1, d2 = np.exp(1j * a1), np.exp(1j * a2)
+    with jax.enable_x64(True):
+        t = np.asarray(mzi_transfer(theta, phi))
+        moved = np.asarray(mzi_transfer(theta, np.angle(-d1 / d2)))
+    lhs = np.linalg.inv(t) @ np.diag([d1, d2])
+    rhs = np.diag([-np.exp(-1j * phi) * d2, d2]) @ moved
+    np.testing.assert_allclose(lhs, rhs, atol=1e-12)
+
+
+@pytest.mark.parametrize("d1, d2", [(1, 1), (1, -1), (-1, 1), (-1, -1)])
+def test_real_commutation_through_the_signs(d1, d2, x64):
+    """G(theta)^-1 D = D G(-d1 d2 theta) for D = diag(+-1): what decompose_orthogonal uses."""
+    theta = 0.7
+    d = np.diag([d1, d2]).astype(float)
+    lhs = np.linalg.inv(np.asarray(givens_rotation(theta))) @ d
+    np.testing.assert_allclose(lhs, d @ np.asarray(givens_rotation(-d1 * d2 * theta)), atol=1e-15)
+
+
 # ------------------------------------------------------------------------ validation
 
 
@@ -142,6 +202,9 @@ def test_atol_is_used(x64):
     u = haar_unitary(3, 0) * (1 + 1e-6)
     with pytest.raises(ValueError):
         decompose_clements(u)
+    for bad in (-1e-3, float("nan"), "1e-3"):
+        with pytest.raises(ValueError, match="atol must be a finite number in"):
+            decompose_clements(u, atol=bad)
     phases = decompose_clements(u, atol=1e-5)
     assert max_error(clements_unitary(phases), u) < 1e-5
 

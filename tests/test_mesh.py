@@ -1,3 +1,5 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -16,22 +18,60 @@ from optinc_jax.photonics.mesh import (
     clements_unitary,
     mzi_count,
     orthogonal_matrix,
+    propagate_columns,
     random_clements_phases,
     random_orthogonal_phases,
 )
 from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
 
 
-def brute_force_unitary(theta, phi, output_phase):
+def brute_force_unitary(theta, phi, output_phase, transfer=mzi_transfer):
     """Product of identity-padded n x n MZI matrices, in layout order (test-only)."""
     n = len(output_phase)
     column, top = clements_layout(n)
+    blocks = np.asarray(transfer(np.asarray(theta), np.asarray(phi)))  # [m, 2, 2]
     u = np.eye(n, dtype=complex)
     for k in range(len(column)):
         t = np.eye(n, dtype=complex)
-        t[top[k] : top[k] + 2, top[k] : top[k] + 2] = mzi_transfer(theta[k], phi[k])
+        t[top[k] : top[k] + 2, top[k] : top[k] + 2] = blocks[k]
         u = t @ u
     return np.diag(np.exp(1j * np.asarray(output_phase))) @ u
+
+
+def lossy_transfer(theta, phi):
+    """An MZI that transmits 80 % of the power (-0.97 dB), otherwise ideal."""
+    return jnp.sqrt(0.8) * mzi_transfer(theta, phi)
+
+
+def _coupler(alpha):
+    """Directional coupler of splitting angle ``alpha`` (``pi / 4``: 50:50)."""
+    c, s = jnp.cos(alpha), 1j * jnp.sin(alpha)
+    return jnp.array([[c, s], [s, c]])
+
+
+def imbalanced_transfer(theta, phi):
+    """Two-coupler MZI whose couplers are off 50:50 (splitting angles pi/4 + 0.05, - 0.03).
+
+    External phase phi on the upper input, internal phase 2 theta on the upper arm.
+    """
+    theta, phi = jnp.broadcast_arrays(jnp.asarray(theta), jnp.asarray(phi))
+    zero = jnp.zeros_like(theta)
+
+    def phase_screen(angle):
+        return jnp.stack(
+            [jnp.stack([jnp.exp(1j * angle), zero], -1), jnp.stack([zero, zero + 1], -1)], -2
+        )
+
+    first, second = _coupler(jnp.pi / 4 + 0.05), _coupler(jnp.pi / 4 - 0.03)
+    inner = jnp.einsum("ij,...jk,kl->...il", second, phase_screen(2 * theta), first)
+    return inner @ phase_screen(phi)
+
+
+MZI_MODELS = {
+    "ideal": mzi_transfer,
+    "lossy": lossy_transfer,
+    "imbalanced": imbalanced_transfer,
+}
 
 
 def phases_np(n, seed, dtype=np.float32):
@@ -76,7 +116,7 @@ def test_layout_exact_small_cases():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "4"])
 def test_mzi_count_rejects_bad_n(bad):
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="number of modes n must be an integer >= 1"):
         mzi_count(bad)
 
 
@@ -188,6 +228,122 @@ def test_random_phases_ranges():
     assert p.theta.shape == p.phi.shape == (10,) and p.output_phase.shape == (5,)
     assert 0 <= p.theta.min() and p.theta.max() <= jnp.pi / 2
     assert 0 <= p.phi.min() and p.phi.max() < 2 * jnp.pi
+
+
+# ------------------------------------------------------------ pluggable MZI model
+
+
+@pytest.mark.parametrize("model", MZI_MODELS)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_custom_transfer_matches_brute_force(n, model, x64):
+    transfer = MZI_MODELS[model]
+    phases = phases_np(n, 20 + n, np.float64)
+    expected = brute_force_unitary(*(np.asarray(p) for p in phases), transfer=transfer)
+    u = clements_unitary(phases, transfer=transfer)
+    assert u.dtype == jnp.complex128
+    chex.assert_trees_all_close(u, expected, atol=1e-12)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n + 1, n)) + 1j * rng.standard_normal((n + 1, n))
+    # One vector is propagated column by column, a batch of n + 1 goes through the matrix.
+    chex.assert_trees_all_close(
+        apply_clements(phases, x[0], transfer=transfer), expected @ x[0], atol=1e-12
+    )
+    chex.assert_trees_all_close(
+        apply_clements(phases, x, transfer=transfer), x @ expected.T, atol=1e-12
+    )
+
+
+def test_custom_models_differ_from_the_ideal_mesh(x64):
+    phases = phases_np(4, 0, np.float64)
+    ideal = np.asarray(clements_unitary(phases))
+    lossy = np.asarray(clements_unitary(phases, transfer=lossy_transfer))
+    imbalanced = np.asarray(clements_unitary(phases, transfer=imbalanced_transfer))
+    # A lossy mesh transmits less than all the light; the imbalanced one stays unitary.
+    assert np.linalg.norm(lossy, 2) < 1 - 1e-3
+    np.testing.assert_allclose(imbalanced.conj().T @ imbalanced, np.eye(4), atol=1e-12)
+    assert np.abs(imbalanced - ideal).max() > 1e-2
+
+
+def test_default_transfer_is_mzi_transfer():
+    phases = phases_np(5, 1)
+    chex.assert_trees_all_close(
+        clements_unitary(phases, transfer=mzi_transfer), clements_unitary(phases)
+    )
+
+
+def test_custom_transfer_jits_once_and_vmaps():
+    n = 5
+    fn = clements_unitary
+    fn(phases_np(n, 30), transfer=lossy_transfer)
+    size = fn._cache_size()
+    fn(phases_np(n, 31), transfer=lossy_transfer)
+    assert fn._cache_size() == size
+    batch = jax.tree.map(lambda *p: jnp.stack(p), phases_np(n, 32), phases_np(n, 33))
+    stacked = jax.vmap(functools.partial(clements_unitary, transfer=lossy_transfer))(batch)
+    chex.assert_trees_all_close(
+        stacked[1], clements_unitary(phases_np(n, 33), transfer=lossy_transfer), atol=1e-6
+    )
+
+
+def mzi_transfer_transposed_batch(theta, phi):
+    return jnp.moveaxis(mzi_transfer(theta, phi), 0, -1)
+
+
+def flat_transfer(theta, phi):
+    return mzi_transfer(theta, phi).reshape(-1, 4)
+
+
+def test_bad_transfer_is_refused():
+    phases = phases_np(3, 0)
+    with pytest.raises(ValueError, match=r"transfer must be a function"):
+        clements_unitary(phases, transfer=3)
+    with pytest.raises(
+        ValueError, match=r"must return one 2 x 2 matrix per MZI, shape \(3, 2, 2\)"
+    ):
+        clements_unitary(phases, transfer=mzi_transfer_transposed_batch)
+    with pytest.raises(ValueError, match=r"shape \(3, 2, 2\), got \(3, 4\)"):
+        apply_clements(phases, jnp.ones(3), transfer=flat_transfer)
+
+
+# ----------------------------------------------------------------- propagate_columns
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 7])
+def test_propagate_columns_is_the_mesh_without_its_screen(n, x64):
+    phases = phases_np(n, 40 + n, np.float64)
+    theta, phi = np.asarray(phases.theta), np.asarray(phases.phi)
+    expected = brute_force_unitary(theta, phi, np.zeros(n))
+    transfers = mzi_transfer(phases.theta, phases.phi)
+    chex.assert_trees_all_close(
+        propagate_columns(transfers, jnp.eye(n, dtype=complex)), expected, atol=1e-12
+    )
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 2, 3))  # modes first, any trailing shape, real input
+    y = propagate_columns(transfers, x)
+    assert y.shape == (n, 2, 3) and y.dtype == jnp.complex128
+    chex.assert_trees_all_close(y, np.einsum("ij,jab->iab", expected, x), atol=1e-12)
+    chex.assert_trees_all_close(propagate_columns(transfers, x[:, 0, 0]), expected @ x[:, 0, 0])
+
+
+def test_propagate_columns_with_real_transfers_and_complex_light():
+    n = 4
+    phases = orthogonal_np(n, 0)
+    q = orthogonal_matrix(phases._replace(output_sign=jnp.ones(n)))
+    transfers = givens_rotation(phases.theta)
+    chex.assert_trees_all_close(propagate_columns(transfers, jnp.eye(n)), q, atol=1e-6)
+    x = jnp.array([1.0, 1j, -1.0, 0.5], jnp.complex64)
+    y = propagate_columns(transfers, x)
+    assert y.dtype == jnp.complex64
+    chex.assert_trees_all_close(y, q @ x, atol=1e-6)
+
+
+def test_propagate_columns_validates_shapes():
+    with pytest.raises(ValueError, match=r"transfers must have shape \(6, 2, 2\).*got \(5, 2, 2\)"):
+        propagate_columns(jnp.zeros((5, 2, 2)), jnp.ones(4))
+    with pytest.raises(ValueError, match=r"transfers must have shape \(3, 2, 2\)"):
+        propagate_columns(jnp.zeros((3, 4)), jnp.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"x must have shape \[n, \.\.\.\]"):
+        propagate_columns(jnp.zeros((0, 2, 2)), jnp.float32(1.0))
 
 
 # ------------------------------------------------------------------- orthogonal mesh

@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "clements_unitary": "photonics.mesh",
     "mzi_count": "photonics.mesh",
     "orthogonal_matrix": "photonics.mesh",
+    "propagate_columns": "photonics.mesh",
     "random_clements_phases": "photonics.mesh",
     "random_orthogonal_phases": "photonics.mesh",
     "givens_rotation": "photonics.mzi",

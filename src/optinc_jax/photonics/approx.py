@@ -19,14 +19,22 @@ cropped, and the projection stays idempotent. The block costs the same MZIs eith
 
 import functools
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from optinc_jax.validation import (
+    require_choice,
+    require_finite_array,
+    require_floating_dtype,
+    require_int,
+)
+
 Side = Literal["left", "right"]
+"""Where the diagonal of a block sits: ``"left"`` (its outputs) or ``"right"`` (its inputs)."""
 
 
 class DiagUnitaryFactors(NamedTuple):
@@ -168,14 +176,10 @@ def _check_inputs(W: ArrayLike, side: object, refine_steps: object) -> jax.Array
     """Validate the public arguments; check values only when ``W`` is concrete."""
     W = jnp.asarray(W)
     _block_layout(W.shape)
-    if not jnp.issubdtype(W.dtype, jnp.floating):
-        raise ValueError(f"expected a real floating-point matrix, got dtype {W.dtype}")
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-        raise ValueError(f"refine_steps must be a non-negative int, got {refine_steps!r}")
-    if not isinstance(W, jax.core.Tracer) and not bool(jnp.isfinite(W).all()):
-        raise ValueError("the matrix contains NaN or inf")
+    require_floating_dtype("W", W)
+    require_choice("side", side, get_args(Side))
+    require_int("refine_steps", refine_steps, 0)
+    require_finite_array("W", W)
     return W
 
 
@@ -202,7 +206,8 @@ def diag_unitary_factors(
 
     Raises:
         ValueError: If ``W`` is not a non-empty real floating-point 2-D matrix, holds NaN or
-            inf (checked when concrete), or ``side``/``refine_steps`` is invalid.
+            inf (checked when concrete), ``side`` is not ``"left"`` or ``"right"``, or
+            ``refine_steps`` is not an integer ``>= 0``.
 
     Examples:
         >>> factors = diag_unitary_factors(jnp.diag(jnp.array([2.0, -3.0])))
@@ -270,7 +275,8 @@ def approx_diag_unitary(W: ArrayLike, *, side: Side = "left", refine_steps: int 
 
     Raises:
         ValueError: If ``W`` is not a non-empty real floating-point 2-D matrix, holds NaN or
-            inf (checked when concrete), or ``side``/``refine_steps`` is invalid.
+            inf (checked when concrete), ``side`` is not ``"left"`` or ``"right"``, or
+            ``refine_steps`` is not an integer ``>= 0``.
 
     Examples:
         >>> W = jnp.array([[0.0, 2.0], [-3.0, 0.0]])  # diag(2, 3) @ a permutation: exact

@@ -9,24 +9,40 @@ first and leaves through a screen of ``n`` output phase shifters, so the mesh im
 
     U = diag(exp(i * output_phase)) @ T_col(n-1) @ ... @ T_col(0),
 
-with ``T_col(c)`` the identity-padded product of the :func:`optinc_jax.photonics.mzi.mzi_transfer`
-matrices of column ``c``. The real (orthogonal) variant uses Givens rotations
-``mzi_transfer(theta, 0)`` in the same layout and a screen of ``+-1`` output signs.
+with ``T_col(c)`` the identity-padded product of the 2 x 2 MZI matrices of column ``c``.
 
-The forward maps never build an ``n x n`` matrix per MZI: the mesh is applied column by
-column to the light (``lax.scan`` over pairs of columns), each column being one vectorised
-2 x 2 rotation of all its mode pairs. ``clements_unitary`` applies the mesh to the identity.
-All functions take one phase set; stack phase sets and ``jax.vmap`` for batches.
+Where the MZI convention lives: not here. Every forward map is built in three steps,
+``transfers = transfer(theta, phi)`` (``[n (n - 1) / 2, 2, 2]``, one matrix per MZI),
+then :func:`propagate_columns`, then the output screen. ``transfer`` defaults to
+:func:`optinc_jax.photonics.mzi.mzi_transfer`, the one definition of the convention; the
+real (orthogonal) meshes use :func:`optinc_jax.photonics.mzi.givens_rotation`
+(``mzi_transfer(theta, 0)``) and a screen of ``+-1`` output signs. Another MZI model (lossy,
+imbalanced couplers) is one function with the signature of ``mzi_transfer``, passed as
+``clements_unitary(phases, transfer=model)`` or ``apply_clements(phases, x,
+transfer=model)``.
+
+The forward maps never build an ``n x n`` matrix per MZI: :func:`propagate_columns`
+applies the mesh column by column to the light (``lax.scan`` over pairs of columns), each
+column being one vectorised 2 x 2 update of all its mode pairs. ``clements_unitary``
+applies the mesh to the identity. All functions take one phase set; stack phase sets and
+``jax.vmap`` for batches.
 """
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
+from optinc_jax.validation import require_int
+
+Transfer = Callable[[jax.Array, jax.Array], jax.Array]
+"""An MZI model: ``(theta [...], phi [...]) -> [..., 2, 2]``, like ``mzi_transfer``."""
 
 
 class ClementsPhases(NamedTuple):
@@ -74,9 +90,8 @@ def mzi_count(n: int) -> int:
         >>> mzi_count(4)
         6
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"number of modes n must be a positive integer, got {n!r}")
-    return int(n) * (int(n) - 1) // 2
+    n = require_int("number of modes n", n, 1)
+    return n * (n - 1) // 2
 
 
 @functools.cache
@@ -133,10 +148,11 @@ def _check_light(x: jax.Array, n: int) -> None:
 
 
 def _apply_column(coeffs: tuple[jax.Array, ...], x: jax.Array, offset: int) -> jax.Array:
-    """Rotate the mode pairs ``(offset + 2j, offset + 2j + 1)`` of ``x [n, ...]``.
+    """Apply one column's MZIs to the mode pairs ``(offset + 2j, offset + 2j + 1)`` of ``x``.
 
-    ``coeffs = (t00, t01, t10, t11)``, each ``[k]``, are the 2 x 2 transfer matrices of the
-    ``k`` MZIs of the column; the other modes pass unchanged.
+    ``coeffs = (t00, t01, t10, t11)``, each ``[k]``, are the entries of the 2 x 2 transfer
+    matrices of the ``k`` MZIs of the column; ``x`` is ``[n, ...]`` (modes first); the
+    other modes pass unchanged.
     """
     k = coeffs[0].shape[0]
     if k == 0:
@@ -151,33 +167,63 @@ def _apply_column(coeffs: tuple[jax.Array, ...], x: jax.Array, offset: int) -> j
     )
 
 
-def _propagate(coeffs: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
-    """Apply all MZI columns (column 0 first) to ``x [n, ...]`` (modes first).
+@jax.jit
+def propagate_columns(transfers: ArrayLike, x: ArrayLike) -> jax.Array:
+    """Send light through every MZI column of a rectangular mesh, column 0 first.
+
+    The mesh's screen of output phases is not applied. Each column is one vectorised
+    2 x 2 update of all its mode pairs, and the columns run in a ``lax.scan`` over pairs of
+    columns: ``O(n^2)`` work per input vector, no ``n x n`` matrix per MZI.
 
     Args:
-        coeffs: ``(t00, t01, t10, t11)``, each ``[n (n - 1) / 2]`` in layout order: the
-            transfer matrices ``[[t00, t01], [t10, t11]]`` of all MZIs.
-        x: Light, modes on axis 0, same dtype as the coefficients.
+        transfers: ``[n (n - 1) / 2, 2, 2]``: the transfer matrix of every MZI, in the
+            layout order of :func:`clements_layout` (e.g. ``mzi_transfer(theta, phi)`` or
+            ``givens_rotation(theta)``), real or complex.
+        x: Light ``[n, ...]`` with the modes on axis 0: a vector ``[n]``, or a matrix
+            ``[n, k]`` whose columns are ``k`` input vectors (modes come first, so that
+            ``propagate_columns(transfers, eye(n))`` is the mesh's matrix; move the mode
+            axis of light ``[batch, n]`` to the front, as :func:`apply_clements` does).
 
     Returns:
-        ``T_col(n-1) @ ... @ T_col(0) @ x``, shape of ``x``.
+        ``T_col(n-1) @ ... @ T_col(0) @ x``, shape of ``x``, dtype
+        ``result_type(transfers, x)``; ``T_col(c)`` is the identity-padded product of the
+        transfer matrices of column ``c``.
+
+    Raises:
+        ValueError: If ``x`` has no mode axis or ``transfers`` does not have the shape
+            ``[n (n - 1) / 2, 2, 2]`` for ``n = x.shape[0]`` modes.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from optinc_jax.photonics.mzi import givens_rotation
+        >>> cross = givens_rotation(jnp.array([jnp.pi / 2]))  # one MZI, 2 modes
+        >>> propagate_columns(cross, jnp.array([1.0, 0.0])).round(6) + 0.0
+        Array([0., 1.], dtype=float32)
     """
+    transfers, x = jnp.asarray(transfers), jnp.asarray(x)
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape [n, ...] with n >= 1 modes first, got {x.shape}")
     n = x.shape[0]
+    expected = (mzi_count(n), 2, 2)
+    if transfers.shape != expected:
+        raise ValueError(
+            f"transfers must have shape {expected} (one 2 x 2 matrix per MZI of an {n}-mode "
+            f"mesh, n = x.shape[0]), got {transfers.shape}"
+        )
+    dtype = jnp.result_type(transfers, x)
+    x = x.astype(dtype)
+    coeffs = tuple(transfers[:, i, j].astype(dtype) for i in (0, 1) for j in (0, 1))
     even, odd = n // 2, (n - 1) // 2  # MZIs in an even / odd column
     n_pairs = n // 2  # full (even, odd) column pairs; odd n leaves one even column
     split = n_pairs * (even + odd)
-
-    def per_pair(t: jax.Array) -> jax.Array:
-        return t[:split].reshape(n_pairs, even + odd)
-
-    xs = tuple(per_pair(t) for t in coeffs)
 
     def two_columns(light: jax.Array, column_pair: tuple[jax.Array, ...]) -> tuple:
         light = _apply_column(tuple(t[:even] for t in column_pair), light, 0)
         light = _apply_column(tuple(t[even:] for t in column_pair), light, 1)
         return light, None
 
-    x, _ = jax.lax.scan(two_columns, x, xs)
+    per_pair = tuple(t[:split].reshape(n_pairs, even + odd) for t in coeffs)
+    x, _ = jax.lax.scan(two_columns, x, per_pair)
     return _apply_column(tuple(t[split:] for t in coeffs), x, 0)
 
 
@@ -186,17 +232,20 @@ def _screen(factors: jax.Array, x: jax.Array) -> jax.Array:
     return factors.reshape((-1,) + (1,) * (x.ndim - 1)) * x
 
 
-def _clements_coeffs(phases: ClementsPhases) -> tuple[jax.Array, ...]:
-    theta = jnp.asarray(phases.theta)
-    phase = jnp.exp(1j * jnp.asarray(phases.phi))
-    c, s = jnp.cos(theta).astype(phase.dtype), jnp.sin(theta).astype(phase.dtype)
-    return phase * c, -s, phase * s, c
-
-
-def _orthogonal_coeffs(phases: OrthogonalPhases, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
-    theta = jnp.asarray(phases.theta)
-    c, s = jnp.cos(theta).astype(dtype), jnp.sin(theta).astype(dtype)
-    return c, -s, s, c
+def _mesh_transfers(phases: ClementsPhases, transfer: Transfer) -> jax.Array:
+    """``transfer(theta, phi)``: the ``[n (n - 1) / 2, 2, 2]`` matrices of all MZIs."""
+    if not callable(transfer):
+        raise ValueError(
+            f"transfer must be a function (theta, phi) -> [..., 2, 2], got {transfer!r}"
+        )
+    transfers = jnp.asarray(transfer(phases.theta, phases.phi))
+    expected = (*phases.theta.shape, 2, 2)
+    if transfers.shape != expected:
+        raise ValueError(
+            f"transfer(theta, phi) must return one 2 x 2 matrix per MZI, shape {expected}, "
+            f"got {transfers.shape}"
+        )
+    return transfers
 
 
 def _as_clements(phases: ClementsPhases) -> tuple[ClementsPhases, int]:
@@ -222,25 +271,34 @@ def _batch_size(x: jax.Array) -> int:
     return math.prod(x.shape[:-1])
 
 
-@jax.jit
-def apply_clements(phases: ClementsPhases, x: ArrayLike) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="transfer")
+def apply_clements(
+    phases: ClementsPhases, x: ArrayLike, *, transfer: Transfer = mzi_transfer
+) -> jax.Array:
     """Propagate light through a complex rectangular mesh: ``y[b] = U @ x[b]``.
 
-    A batch of at least ``n`` vectors is sent through the mesh's matrix, built once by
-    column propagation and applied as one matrix product (6.5x faster than propagating
-    a ``[4096, 256]`` batch column by column on a 2-core CPU); smaller batches are
-    propagated column by column. Both give ``U @ x`` to float rounding.
+    The MZI matrices are ``transfer(theta, phi)``; they go through
+    :func:`propagate_columns`, then the output screen. A batch of at least ``n`` vectors
+    is sent through the mesh's matrix, built once that way (:func:`clements_unitary`) and
+    applied as one matrix product (6.5x faster than propagating a ``[4096, 256]`` batch
+    column by column on a 2-core CPU); smaller batches are propagated column by column.
+    Both give ``U @ x`` to float rounding.
 
     Args:
         phases: One :class:`ClementsPhases` set for ``n`` modes.
         x: Input field amplitudes ``[..., n]`` (e.g. ``[batch, n]`` or ``[n]``), real or
             complex.
+        transfer: The MZI model, ``(theta [m], phi [m]) -> [m, 2, 2]`` (default
+            :func:`optinc_jax.photonics.mzi.mzi_transfer`, the ideal lossless MZI). It is
+            static under ``jit``: pass the same function object each time (a new
+            ``functools.partial`` or ``lambda`` compiles anew).
 
     Returns:
         Output amplitudes ``[..., n]``, complex (complex64, or complex128 with x64).
 
     Raises:
-        ValueError: If the phase shapes do not match each other or ``x``.
+        ValueError: If the phase shapes do not match each other or ``x``, or ``transfer``
+            does not return ``[m, 2, 2]``.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -252,31 +310,36 @@ def apply_clements(phases: ClementsPhases, x: ArrayLike) -> jax.Array:
     x = jnp.asarray(x)
     _check_light(x, n)
     if _batch_size(x) >= n:
-        unitary = clements_unitary(phases)
+        unitary = clements_unitary(phases, transfer=transfer)
         return x.astype(jnp.result_type(unitary, x)) @ unitary.T
-    coeffs = _clements_coeffs(phases)
-    dtype = jnp.result_type(coeffs[0], x)
-    light = jnp.moveaxis(x.astype(dtype), -1, 0)
-    y = _propagate(tuple(t.astype(dtype) for t in coeffs), light)
-    return jnp.moveaxis(_screen(jnp.exp(1j * phases.output_phase).astype(dtype), y), 0, -1)
+    transfers = _mesh_transfers(phases, transfer)
+    screen = jnp.exp(1j * phases.output_phase)
+    dtype = jnp.result_type(transfers, screen, x)
+    y = propagate_columns(transfers.astype(dtype), jnp.moveaxis(x.astype(dtype), -1, 0))
+    return jnp.moveaxis(_screen(screen.astype(dtype), y), 0, -1)
 
 
-@jax.jit
-def clements_unitary(phases: ClementsPhases) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="transfer")
+def clements_unitary(phases: ClementsPhases, *, transfer: Transfer = mzi_transfer) -> jax.Array:
     """Unitary ``U [n, n]`` implemented by a complex rectangular mesh.
 
-    Built by propagating the identity through the mesh (``n`` vectorised column
-    rotations, ``O(n^3)`` work in all).
+    ``U = diag(exp(i * output_phase)) @ propagate_columns(transfer(theta, phi), I)``:
+    ``n`` vectorised column updates of the identity, ``O(n^3)`` work in all.
 
     Args:
         phases: One :class:`ClementsPhases` set for ``n`` modes (vmap for a batch).
+        transfer: The MZI model, ``(theta [m], phi [m]) -> [m, 2, 2]`` (default
+            :func:`optinc_jax.photonics.mzi.mzi_transfer`, the ideal lossless MZI); static
+            under ``jit`` (see :func:`apply_clements`). ``U`` is unitary only if every
+            ``transfer`` matrix is.
 
     Returns:
         Complex ``[n, n]`` (complex64, or complex128 for float64 phases): ``U[i, j]`` is the
         amplitude in output mode ``i`` for unit input in mode ``j``.
 
     Raises:
-        ValueError: If the phase shapes do not match.
+        ValueError: If the phase shapes do not match, or ``transfer`` does not return
+            ``[m, 2, 2]``.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -284,19 +347,26 @@ def clements_unitary(phases: ClementsPhases) -> jax.Array:
         >>> clements_unitary(cross).real.round(6) + 0.0
         Array([[ 0., -1.],
                [ 1.,  0.]], dtype=float32)
+        >>> lossy = lambda theta, phi: 0.5 * mzi_transfer(theta, phi)  # -6 dB power per MZI
+        >>> clements_unitary(cross, transfer=lossy).real.round(6) + 0.0
+        Array([[ 0. , -0.5],
+               [ 0.5,  0. ]], dtype=float32)
     """
     phases, n = _as_clements(phases)
-    coeffs = _clements_coeffs(phases)
-    eye = jnp.eye(n, dtype=coeffs[0].dtype)
-    return _screen(jnp.exp(1j * phases.output_phase), _propagate(coeffs, eye))
+    transfers = _mesh_transfers(phases, transfer)
+    screen = jnp.exp(1j * phases.output_phase)
+    dtype = jnp.result_type(transfers, screen)
+    u = propagate_columns(transfers.astype(dtype), jnp.eye(n, dtype=dtype))
+    return _screen(screen.astype(dtype), u)
 
 
 @jax.jit
 def apply_orthogonal(phases: OrthogonalPhases, x: ArrayLike) -> jax.Array:
     """Propagate light through a real rectangular mesh: ``y[b] = Q @ x[b]``.
 
-    Batches of at least ``n`` vectors go through the matrix built once, as in
-    :func:`apply_clements`.
+    The MZI matrices are ``givens_rotation(theta)`` (``mzi_transfer(theta, 0)``); they go
+    through :func:`propagate_columns`, then the sign screen. Batches of at least ``n``
+    vectors go through the matrix built once, as in :func:`apply_clements`.
 
     Args:
         phases: One :class:`OrthogonalPhases` set for ``n`` modes.
@@ -320,8 +390,8 @@ def apply_orthogonal(phases: OrthogonalPhases, x: ArrayLike) -> jax.Array:
     dtype = jnp.result_type(phases.theta, x, float)
     if _batch_size(x) >= n:
         return x.astype(dtype) @ orthogonal_matrix(phases).astype(dtype).T
-    light = jnp.moveaxis(x.astype(dtype), -1, 0)
-    y = _propagate(_orthogonal_coeffs(phases, dtype), light)
+    transfers = givens_rotation(phases.theta).astype(dtype)
+    y = propagate_columns(transfers, jnp.moveaxis(x.astype(dtype), -1, 0))
     return jnp.moveaxis(_screen(phases.output_sign.astype(dtype), y), 0, -1)
 
 
@@ -329,7 +399,7 @@ def apply_orthogonal(phases: OrthogonalPhases, x: ArrayLike) -> jax.Array:
 def orthogonal_matrix(phases: OrthogonalPhases) -> jax.Array:
     """Orthogonal matrix ``Q [n, n]`` implemented by a real rectangular mesh.
 
-    ``Q = diag(output_sign) @ G_col(n-1) @ ... @ G_col(0)`` with Givens-rotation columns.
+    ``Q = diag(output_sign) @ propagate_columns(givens_rotation(theta), I)``.
 
     Args:
         phases: One :class:`OrthogonalPhases` set for ``n`` modes (vmap for a batch).
@@ -348,7 +418,8 @@ def orthogonal_matrix(phases: OrthogonalPhases) -> jax.Array:
     """
     phases, n = _as_orthogonal(phases)
     dtype = jnp.result_type(phases.theta, float)
-    q = _propagate(_orthogonal_coeffs(phases, dtype), jnp.eye(n, dtype=dtype))
+    transfers = givens_rotation(phases.theta).astype(dtype)
+    q = propagate_columns(transfers, jnp.eye(n, dtype=dtype))
     return _screen(phases.output_sign.astype(dtype), q)
 
 

@@ -24,6 +24,7 @@ from jax.typing import ArrayLike
 
 from optinc_jax.photonics.decompose import decompose_orthogonal
 from optinc_jax.photonics.mesh import OrthogonalPhases, apply_orthogonal, orthogonal_matrix
+from optinc_jax.validation import require_finite_array
 
 
 class SVDMeshMapping(NamedTuple):
@@ -77,9 +78,8 @@ def map_matrix_svd(w: ArrayLike) -> SVDMeshMapping:
         raise ValueError(f"w must be real, got dtype {w.dtype}")
     if not jnp.issubdtype(w.dtype, jnp.floating):
         w = w.astype(jnp.result_type(float))
+    require_finite_array("w", w)
     host = np.asarray(w)
-    if not np.all(np.isfinite(host)):
-        raise ValueError("w contains NaN or infinite entries")
     # A one-off factorisation of concrete values: LAPACK on the host, in the dtype of w.
     # The singular values come sorted in decreasing order and IEEE division is monotone and
     # exact for s_max / s_max, so the attenuations lie in [0, 1] with the first exactly 1.
