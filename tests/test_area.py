@@ -4,8 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.paper import area_rows
-from optinc_jax.photonics.area import (
+from optinc_jax import (
     AreaReport,
     approx_matrix_mzis,
     area_ratio,
@@ -15,6 +14,7 @@ from optinc_jax.photonics.area import (
     parse_approx,
     parse_layers,
 )
+from optinc_jax.paper import area_rows
 
 
 def _clements_mzis(n):

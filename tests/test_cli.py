@@ -6,9 +6,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from optinc_jax import onn_area
 from optinc_jax.cli import emit, main
 from optinc_jax.paper import area_rows
-from optinc_jax.photonics.area import onn_area
 
 
 def _invoke(*args):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from optinc_jax import load_exported
 from optinc_jax.cli import main
-from optinc_jax.learning.export import load_exported
 from optinc_jax.scenarios import make_scenario, register_scenario
 
 register_scenario(

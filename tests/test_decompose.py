@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from optinc_jax import givens_rotation, mzi_transfer
 from optinc_jax.photonics import decompose
 from optinc_jax.photonics.decompose import decompose_clements, decompose_orthogonal
 from optinc_jax.photonics.mesh import (
@@ -15,7 +16,6 @@ from optinc_jax.photonics.mesh import (
     mzi_count,
     orthogonal_matrix,
 )
-from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
 
 
 def haar_unitary(n, seed):
@@ -187,7 +187,7 @@ def test_real_commutation_through_the_signs(d1, d2, x64):
     np.testing.assert_allclose(lhs, d @ np.asarray(givens_rotation(-d1 * d2 * theta)), atol=1e-15)
 
 
-# ------------------------------------------------------------------------ validation
+# --------------------------------------------------------------------- input checks
 
 
 def test_non_unitary_names_deviation_and_tolerance(x64):

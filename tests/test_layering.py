@@ -1,18 +1,15 @@
 """The house rule: every floor imports only the floors below it.
 
-Every module under ``src/optinc_jax`` is parsed (not imported) and every import is read:
-absolute, relative, and those inside functions. The rule, from the bottom up:
-
-- ``validation`` (ground floor) and ``paper`` import nothing of the package;
-- ``photonics`` imports only itself and ``validation``;
-- ``scenarios`` at most ``paper`` and ``validation``;
-- ``encoding`` at most ``photonics``, ``scenarios``, ``paper``, ``validation`` and itself;
-- ``learning`` at most those and ``encoding`` and itself;
-- ``network`` anything but the CLI;
-- nothing in ``src`` imports ``experiments``, ``benchmarks`` or ``tests``.
+The rule lives in ``pyproject.toml`` (``[tool.optinc.layers]``: what each part of the
+package, a subpackage or a top-level module, may import besides itself). Every module
+under ``src/optinc_jax`` is parsed (not imported) and every import is read: absolute,
+relative, and those inside functions. Nothing in ``src`` imports ``experiments``,
+``benchmarks`` or ``tests``.
 """
 
 import ast
+import itertools
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,23 +17,16 @@ import pytest
 import optinc_jax
 
 PACKAGE_ROOT = Path(optinc_jax.__file__).parent
-FOREIGN = {"experiments", "benchmarks", "tests", "conftest"}
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+FOREIGN = ("experiments", "benchmarks", "tests")
 
-GROUND = {"validation"}
-ALLOWED: dict[str, set[str]] = {
-    "validation": set(),
-    "paper": set(),
-    "photonics": {"photonics"} | GROUND,
-    "scenarios": {"paper"} | GROUND,
-    "encoding": {"encoding", "photonics", "scenarios", "paper"} | GROUND,
-    "learning": {"learning", "encoding", "photonics", "scenarios", "paper"} | GROUND,
-    "network": {"network", "learning", "encoding", "photonics", "scenarios", "paper"} | GROUND,
-    "cli": {"cli", "network", "learning", "encoding", "photonics", "scenarios", "paper"} | GROUND,
-    "__init__": set(),  # the lazy API names modules by string only
-}
+with PYPROJECT.open("rb") as stream:
+    ALLOWED: dict[str, set[str]] = {
+        part: set(below) for part, below in tomllib.load(stream)["tool"]["optinc"]["layers"].items()
+    }
 
 
-def floor_of(module: str) -> str:
+def part_of(module: str) -> str:
     """``optinc_jax.learning.step`` -> ``learning``; ``optinc_jax`` -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
@@ -69,27 +59,25 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
 
 def violations(source: str, module: str, is_package: bool = False) -> list[str]:
     """Every import of ``source`` (the text of ``module``) that breaks the house rule."""
-    floor = floor_of(module)
-    allowed = ALLOWED[floor]
+    part = part_of(module)
+    allowed = ALLOWED[part] | {part}
     problems = []
     for line, name in imported_modules(source, module, is_package):
         top = name.split(".")[0]
         if top in FOREIGN:
             problems.append(f"{module}:{line} imports {name} (src never imports {top})")
-        elif top == "optinc_jax" and name != "optinc_jax":
-            target = floor_of(name)
-            if target not in allowed and target != floor:
-                problems.append(f"{module}:{line} ({floor}) imports {name} ({target})")
-        elif name == "optinc_jax" and floor != "__init__":
-            problems.append(f"{module}:{line} imports the whole package (use a floor's module)")
+        elif name == "optinc_jax":
+            if part != "__init__":
+                problems.append(f"{module}:{line} imports the whole package (use a module)")
+        elif top == "optinc_jax" and part_of(name) not in allowed:
+            problems.append(f"{module}:{line} ({part}) imports {name} ({part_of(name)})")
     return problems
 
 
 def package_modules() -> list[tuple[str, Path, bool]]:
     modules = []
     for path in sorted(PACKAGE_ROOT.rglob("*.py")):
-        relative = path.relative_to(PACKAGE_ROOT.parent).with_suffix("")
-        parts = list(relative.parts)
+        parts = list(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
         is_package = parts[-1] == "__init__"
         if is_package:
             parts = parts[:-1]
@@ -97,10 +85,20 @@ def package_modules() -> list[tuple[str, Path, bool]]:
     return modules
 
 
-def test_every_module_belongs_to_a_known_floor():
-    floors = {floor_of(module) for module, _, _ in package_modules()}
-    assert floors <= set(ALLOWED), floors - set(ALLOWED)
-    assert {"photonics", "encoding", "learning", "network"} <= floors
+def test_every_module_belongs_to_a_part_with_a_rule():
+    parts = {part_of(module) for module, _, _ in package_modules()}
+    assert parts == set(ALLOWED), parts ^ set(ALLOWED)
+
+
+def test_the_rule_is_a_strict_order_of_floors():
+    # Nothing may import something that may import it back (no cycles), and every part
+    # may import all that the parts below it may (floors, not a web).
+    for part, below in ALLOWED.items():
+        assert below <= set(ALLOWED), (part, below - set(ALLOWED))
+        assert part not in below, part
+        for lower in below:
+            assert part not in ALLOWED[lower], (part, lower)
+            assert ALLOWED[lower] <= below, (part, lower, ALLOWED[lower] - below)
 
 
 @pytest.mark.parametrize(("module", "path", "is_package"), package_modules(), ids=lambda v: str(v))
@@ -108,41 +106,48 @@ def test_no_floor_imports_a_floor_above_it(module, path, is_package):
     assert violations(path.read_text(), module, is_package) == []
 
 
-@pytest.mark.parametrize(
-    ("module", "source", "is_package"),
-    [
-        ("optinc_jax.photonics.mesh", "from optinc_jax.encoding import pam4", False),
-        ("optinc_jax.photonics.mesh", "def f():\n    import optinc_jax.learning.onn", False),
-        ("optinc_jax.photonics.mesh", "from ..learning import onn", False),
-        ("optinc_jax.photonics", "from ..scenarios import Scenario", True),
-        ("optinc_jax.encoding.units", "from optinc_jax.learning.step import train_epoch", False),
-        ("optinc_jax.learning.step", "from optinc_jax.network import collective", False),
-        ("optinc_jax.learning.step", "from optinc_jax import cli", False),
-        ("optinc_jax.network.cascade", "import optinc_jax.cli", False),
-        ("optinc_jax.scenarios", "from optinc_jax.encoding.pam4 import num_symbols", False),
-        ("optinc_jax.paper", "from optinc_jax import scenarios", False),
-        ("optinc_jax.paper", "from optinc_jax.validation import require_int", False),
-        ("optinc_jax.cli", "import experiments.common", False),
-        ("optinc_jax.learning.trainer", "from benchmarks import bench_train", False),
-        ("optinc_jax.network.ring", "import tests.test_train", False),
-        ("optinc_jax.encoding.pam4", "import optinc_jax", False),
-    ],
-)
-def test_the_checker_catches_upward_imports(module, source, is_package):
-    assert violations(source, module, is_package), (module, source)
+def _module_in(part: str) -> tuple[str, bool]:
+    """A module name inside ``part`` (a subpackage's module, or the top-level module)."""
+    return ("optinc_jax", True) if part == "__init__" else (f"optinc_jax.{part}.m", False)
 
 
-@pytest.mark.parametrize(
-    ("module", "source"),
-    [
-        ("optinc_jax.photonics.decompose", "from .mesh import ClementsPhases"),
-        ("optinc_jax.photonics.area", "from optinc_jax.validation import require_int"),
-        ("optinc_jax.encoding.dataset", "from optinc_jax.photonics.mzi import mzi_transfer"),
-        ("optinc_jax.learning.step", "from ..encoding.dataset import Dataset"),
-        ("optinc_jax.network.cascade", "from optinc_jax.learning import trainer"),
-        ("optinc_jax.scenarios", "from optinc_jax import paper"),
-        ("optinc_jax.cli", "from optinc_jax.network import collective"),
-    ],
-)
-def test_the_checker_allows_downward_imports(module, source):
-    assert violations(source, module) == []
+def _forms(target: str, level: int) -> list[str]:
+    """Ways to import the part ``target``: absolute, relative, inside a function."""
+    dots = "." * level
+    return [
+        f"from optinc_jax.{target} import name",
+        f"import optinc_jax.{target}",
+        f"from optinc_jax import {target}",
+        f"from {dots}{target} import name",
+        f"def f():\n    from optinc_jax.{target} import name\n    return name",
+    ]
+
+
+PAIRS = [
+    (part, target)
+    for part, target in itertools.permutations(ALLOWED, 2)
+    if "__init__" not in (part, target)
+]
+
+
+@pytest.mark.parametrize(("part", "target"), PAIRS)
+def test_the_checker_judges_every_pair_of_parts_in_every_import_form(part, target):
+    module, is_package = _module_in(part)
+    # From optinc_jax.<part>.m, one level up is optinc_jax.<part> and two is optinc_jax.
+    level = 1 if is_package else 2
+    for source in _forms(target, level):
+        flagged = bool(violations(source, module, is_package))
+        assert flagged == (target not in ALLOWED[part]), (part, target, source)
+
+
+@pytest.mark.parametrize("part", [p for p in ALLOWED if p != "__init__"])
+def test_the_checker_flags_foreign_and_whole_package_imports(part):
+    module, is_package = _module_in(part)
+    for source in [
+        "import experiments.tables",
+        "from benchmarks import bench_train",
+        "def f():\n    import tests.test_train",
+        "import optinc_jax",
+    ]:
+        assert violations(source, module, is_package), (part, source)
+    assert violations(f"from optinc_jax.{part} import name", module, is_package) == []

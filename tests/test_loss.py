@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optinc_jax.learning.loss import (
+from optinc_jax import (
     reconstruction_mse,
     rounded_reconstruction_mse,
     symbol_weights,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from optinc_jax import givens_rotation, mzi_transfer
 from optinc_jax.photonics.mesh import (
     ClementsPhases,
     OrthogonalPhases,
@@ -22,7 +23,6 @@ from optinc_jax.photonics.mesh import (
     random_clements_phases,
     random_orthogonal_phases,
 )
-from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
 
 
 def brute_force_unitary(theta, phi, output_phase, transfer=mzi_transfer):
@@ -396,7 +396,7 @@ def test_orthogonal_equals_complex_mesh_at_zero_phi():
     )
 
 
-# ------------------------------------------------------------------------ validation
+# --------------------------------------------------------------------- input checks
 
 
 def test_wrong_theta_length_names_expected_shape():

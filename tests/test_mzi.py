@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
+from optinc_jax import givens_rotation, mzi_transfer
 
 angles = st.floats(-10.0, 10.0, allow_nan=False)
 

@@ -10,7 +10,7 @@ def test_every_module_imports_and_every_public_name_resolves():
     modules = [
         info.name for info in pkgutil.walk_packages(optinc_jax.__path__, prefix="optinc_jax.")
     ]
-    assert {"optinc_jax.photonics.mzi", "optinc_jax.encoding.dataset"} <= set(modules)
+    assert {"optinc_jax.photonics.mesh", "optinc_jax.encoding.dataset"} <= set(modules)
     for name in modules:
         importlib.import_module(name)
     for name in optinc_jax.__all__:

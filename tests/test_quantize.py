@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from optinc_jax import quantized_average
 from optinc_jax.encoding import quantize as quantize_module
 from optinc_jax.encoding.quantize import (
     block_exponents,
@@ -15,7 +16,6 @@ from optinc_jax.encoding.quantize import (
     quantize_gradients,
     shared_block_exponents,
 )
-from optinc_jax.encoding.units import quantized_average
 
 FLOAT32_ZERO_BLOCK_EXPONENT = -125
 

@@ -1,6 +1,6 @@
 import pytest
 
-from optinc_jax.photonics.area import area_ratio
+from optinc_jax import area_ratio
 from optinc_jax.scenarios import SCENARIOS, get_scenario, make_scenario, register_scenario
 
 

@@ -6,13 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from optinc_jax import SVDMeshMapping, apply_svd_mapping, map_matrix_svd, reconstruct_matrix
 from optinc_jax.photonics.mesh import orthogonal_matrix
-from optinc_jax.photonics.svd_mapping import (
-    SVDMeshMapping,
-    apply_svd_mapping,
-    map_matrix_svd,
-    reconstruct_matrix,
-)
 
 
 def rank_deficient(m, n, rank, seed):
