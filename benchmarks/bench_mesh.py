@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import importlib.metadata
-import json
 import platform
 import statistics
 import time
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.photonics.decompose import decompose_clements
 from optinc_jax.photonics.mesh import (
     ClementsPhases,
@@ -391,7 +391,7 @@ def main() -> None:
             },
         }
         path = args.out / "bench_mesh.json"
-        path.write_text(json.dumps(report, indent=2))
+        write_json_atomically(path, report)
         print(f"wrote {path}")
 
 

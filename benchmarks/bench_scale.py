@@ -50,6 +50,7 @@ from optinc_jax.learning.config import TrainConfig, projection_due
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.onn import build_onn, onn_apply_fn
 from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.step import train_epoch
 from optinc_jax.learning.trainer import build_training
 from optinc_jax.scenarios import Scenario, as_scenario
@@ -149,7 +150,8 @@ def _memory_child(layers: str, bits: int, servers: int, chunk_size: int) -> None
                 "rss_after_mib": after,
                 "rss_rise_mib": after - before,
                 "seconds": seconds,
-            }
+            },
+            allow_nan=False,
         )
     )
 
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "eval_memory": eval_memory(eval_scenario, small_servers, chunk),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomically(args.out / "bench_scale.json", report)
     print("\ndevices | samples/s")
     for row in report["eval_scaling"]["rows"]:
         print(f"{row['devices']:7d} | {row['samples_per_s']:,.0f}")

@@ -20,7 +20,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import itertools
-import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.onn import build_onn, onn_apply_fn
+from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import train_onn
 from optinc_jax.scenarios import Scenario, as_scenario, get_scenario
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{row['flops_per_s'] / 1e9:>8.1f}  {100 * row['fraction_of_matmul_peak']:>7.1f}%"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_train.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomically(args.out / "bench_train.json", report)
 
 
 if __name__ == "__main__":

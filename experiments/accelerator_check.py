@@ -41,6 +41,7 @@ from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.onn import build_onn, onn_apply_fn
+from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import load_run, train_onn
 from optinc_jax.scenarios import Scenario, as_scenario
 
@@ -149,7 +150,7 @@ def run(config: AcceleratorCheckConfig, workdir: str | Path) -> dict:
         ),
         "evaluation": check_evaluation(config.eval_scenario, config.chunk_size),
     }
-    (workdir / "accelerator_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomically(workdir / "accelerator_check.json", report)
     return report
 
 
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = check_preset(preset_name(parser, args)).replace(
         **{name: value for name, value in overrides.items() if value is not None}
     )
-    print(json.dumps(run(config, args.out), indent=2))
+    print(json.dumps(run(config, args.out), indent=2, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ reported as measured.
 """
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from experiments.configs import (
 from experiments.devices import data_mesh
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
+from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import train_onn
 from optinc_jax.paper import PaperError
 from optinc_jax.photonics.area import format_approx
@@ -307,7 +307,7 @@ def run_table(
     selected = select_rows(rows, config.rows)
     workdir.mkdir(parents=True, exist_ok=True)
     results = [_run_row(row, stem, config, workdir) for row in selected]
-    (workdir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomically(workdir / f"{stem}.json", results)
     (workdir / f"{stem}.md").write_text(markdown_table(title, results))
     plot_table(title, results, workdir / f"{stem}.png")
     return results

@@ -5,15 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from optinc_jax import export_arrays, load_exported, mlp_forward_numpy, save_exported
 from optinc_jax.learning import step as step_module
 from optinc_jax.learning.checkpoint import CheckpointError
 from optinc_jax.learning.config import TrainConfig, projection_due
-from optinc_jax.learning.export import (
-    export_arrays,
-    load_exported,
-    mlp_forward_numpy,
-    save_exported,
-)
 from optinc_jax.learning.onn import onn_weights
 from optinc_jax.learning.trainer import load_run, train_onn
 from optinc_jax.photonics.approx import approx_diag_unitary
@@ -163,3 +158,17 @@ def test_projection_schedule():
     config = TINY.replace(project_every=3, project_start=1)
     assert [e for e in range(1, 12) if projection_due(config, e)] == [4, 7, 10]
     assert all(projection_due(TINY, e) for e in range(1, 5))
+
+
+def test_json_is_written_strict_and_atomically(tmp_path):
+    import optinc_jax as oi
+
+    path = tmp_path / "result.json"
+    oi.write_json_atomically(path, {"accuracy": 1.0, "errors": {"-1": 2}})
+    assert json.loads(path.read_text()) == {"accuracy": 1.0, "errors": {"-1": 2}}
+    # NaN or infinity would be invalid JSON: refused, and the file on disk is untouched.
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="JSON"):
+            oi.write_json_atomically(path, {"accuracy": bad})
+        assert json.loads(path.read_text())["accuracy"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
