@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 MAX_BITS = 30
-"""Largest bit width: even, and ``2^B - 1`` must fit int32 (exact integer arithmetic)."""
+"""Largest bit width: even, and ``2^B - 1`` must fit int32 (the encoding's exact integer
+arithmetic, :mod:`optinc_jax.encoding.pam4`, uses this bound too)."""
 
 
 class Scenario(NamedTuple):
@@ -152,14 +153,7 @@ def scenario_from_json(document: Mapping[str, Any]) -> Scenario:
     if not isinstance(document, Mapping) or set(document) != fields:
         keys = sorted(document) if isinstance(document, Mapping) else document
         raise ValueError(f"a scenario record needs exactly the keys {sorted(fields)}, got {keys}")
-    return make_scenario(
-        document["name"],
-        bits=document["bits"],
-        servers=document["servers"],
-        layers=document["layers"],
-        approx=document["approx"],
-        inputs=document["inputs"],
-    )
+    return make_scenario(**document)
 
 
 def _paper_name(row: paper.TableIRow) -> str:
@@ -187,7 +181,9 @@ def register_scenario(scenario: Scenario, *, overwrite: bool = False) -> None:
         ValueError: if the name is taken and ``overwrite`` is false, or the scenario is
             invalid.
     """
-    scenario = scenario_from_json(as_scenario(scenario).to_json())
+    if not isinstance(scenario, Scenario):
+        raise ValueError(f"register_scenario takes a Scenario value, got {scenario!r}")
+    scenario = as_scenario(scenario)
     if scenario.name in SCENARIOS and not overwrite:
         raise ValueError(f"scenario {scenario.name!r} exists; pass overwrite=True to replace it")
     SCENARIOS[scenario.name] = scenario
@@ -234,12 +230,5 @@ def as_scenario(scenario: "str | Scenario") -> Scenario:
         True
     """
     if isinstance(scenario, Scenario):
-        return make_scenario(
-            scenario.name,
-            bits=scenario.bits,
-            servers=scenario.servers,
-            layers=scenario.layers,
-            approx=scenario.approx,
-            inputs=scenario.inputs,
-        )
+        return make_scenario(**scenario._asdict())
     return get_scenario(scenario)

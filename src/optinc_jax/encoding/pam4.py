@@ -13,10 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from optinc_jax.scenarios import MAX_BITS
 from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
-
-MAX_BITS = 30
-"""Largest supported bit width: even, and ``2^B - 1`` must fit int32."""
 
 
 def num_symbols(bits: int) -> int:

@@ -336,13 +336,14 @@ def train_onn(
             state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
         epoch, evaluation = start_epoch, None
+        seed_key = jax.random.key(config.seed)
         bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
         while epoch < config.epochs and not done:
             tic = time.perf_counter()
             stage = 1 if epoch < config.switch_epoch else 2
             state, loss = train_epoch(
                 state,
-                jax.random.fold_in(jax.random.key(config.seed), epoch),
+                jax.random.fold_in(seed_key, epoch),
                 apply_fn=apply_fn,
                 dataset=dataset,
                 config=config,
