@@ -1,8 +1,10 @@
 """The ``optinc`` command line.
 
 Every command prints text for people, or with ``--json`` exactly one JSON document on
-stdout and nothing else. Bad arguments give a one-line ``Error:`` on stderr and exit
-status 2. Commands import JAX only when they need it, so ``optinc --help`` stays fast.
+stdout and nothing else. Every failure is one ``Error:`` line on stderr and no traceback:
+bad arguments exit with status 2, failures of the run itself (a corrupt checkpoint, a busy
+or unwritable run directory, a full disk, a diverged training) with status 1. Commands
+import JAX only when they need it, so ``optinc --help`` stays fast.
 """
 
 import os
@@ -10,8 +12,11 @@ import os
 # Before NumPy or JAX is imported anywhere: one BLAS thread per process unless told otherwise.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import contextlib
+import io
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -36,7 +41,80 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     click.echo(json.dumps(result, allow_nan=False) if as_json else human(result))
 
 
-@click.group()
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library errors can span many)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a command's exceptions into one-line click errors.
+
+    ``ValueError`` is a usage error (exit 2) unless it is a checkpoint's; a checkpoint
+    error, an ``OSError`` (unwritable directory, full disk) or a ``RuntimeError`` (a busy
+    run directory, a diverged training, an XLA failure) is a failure of the run (exit 1).
+    """
+    failure: click.ClickException | None = None
+    orphaned_writes = False
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except ValueError as error:
+        from optinc_jax.learning.checkpoint import CheckpointError
+
+        failure = (
+            click.ClickException(_first_line(error))
+            if isinstance(error, CheckpointError)
+            else _UsageFailure(_first_line(error))
+        )
+    except (OSError, RuntimeError) as error:
+        from optinc_jax.learning.checkpoint import CheckpointWriteError
+
+        failure = click.ClickException(_first_line(error))
+        orphaned_writes = isinstance(error, CheckpointWriteError)
+    if failure is None:
+        return
+    if orphaned_writes:
+        # The futures of orbax's failed write finish later on its threads and print "Event
+        # loop is closed" tracebacks until the process exits: print the one line, then
+        # send the rest of this dying process's stderr nowhere.
+        failure.show()
+        sys.stderr = io.StringIO()
+        raise SystemExit(failure.exit_code)
+    raise failure
+
+
+class _UsageFailure(click.ClickException):
+    """A bad value given to a command: one line, exit status 2 (as click's usage errors)."""
+
+    exit_code = 2
+
+
+class _OneLineGroup(click.Group):
+    """A command group whose usage errors are one line (no usage block), status 2."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as error:
+            raise _usage_line(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _usage_line(error) from None
+
+
+def _usage_line(error: click.UsageError) -> click.ClickException:
+    """One line for a usage error, pointing at the command's help."""
+    command = error.ctx.command_path if error.ctx is not None else "optinc"
+    return _UsageFailure(f"{error.format_message()} (see '{command} --help')")
+
+
+@click.group(cls=_OneLineGroup)
 @click.version_option(package_name="optinc-jax")
 def main() -> None:
     """OptINC: optical in-network computing of quantized gradient averages."""
@@ -222,7 +300,6 @@ def train_command(
     as_json: bool,
 ) -> None:
     """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively."""
-    from optinc_jax.learning.checkpoint import CheckpointError
     from optinc_jax.learning.config import TrainConfig
     from optinc_jax.learning.trainer import train_onn
 
@@ -233,15 +310,11 @@ def train_command(
         "seed": seed,
         "stage2": stage2,
     }
-    try:
+    with one_line_errors():
         config = TrainConfig(scenario=scenario, approx=approx_spec).replace(
             **{key: value for key, value in overrides.items() if value is not None}
         )
         result = train_onn(config, out_dir, resume=resume, progress=not quiet)
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
     record = {key: value for key, value in result.record.items() if key != "history"}
     record["run_dir"] = out_dir
     emit(record, as_json, _format_training)
@@ -255,18 +328,15 @@ def train_command(
 @json_option
 def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> None:
     """Reload RUN_DIR's checkpoint, project it and measure its exhaustive accuracy again."""
-    from optinc_jax.learning.checkpoint import CheckpointError
     from optinc_jax.learning.evaluate import evaluate_exhaustive
     from optinc_jax.learning.reporting import evaluation_record
     from optinc_jax.learning.trainer import load_run
 
-    try:
+    with one_line_errors():
         loaded = load_run(run_dir)
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
-    evaluation = evaluate_exhaustive(
-        loaded.apply_fn, loaded.params, loaded.dataset, chunk_size=chunk_size
-    )
+        evaluation = evaluate_exhaustive(
+            loaded.apply_fn, loaded.params, loaded.dataset, chunk_size=chunk_size
+        )
     record = {
         "run_dir": run_dir,
         "epochs": loaded.epoch,
@@ -292,22 +362,19 @@ def evaluate_command(run_dir: str, chunk_size: int | None, as_json: bool) -> Non
 @json_option
 def export_command(run_dir: str, out_path: str, as_json: bool) -> None:
     """Write RUN_DIR's projected ONN as plain arrays (weights_i [out, in], biases_i, scalars)."""
-    from optinc_jax.learning.checkpoint import CheckpointError
     from optinc_jax.learning.export import export_arrays, save_exported
     from optinc_jax.learning.trainer import load_run
 
-    try:
+    with one_line_errors():
         loaded = load_run(run_dir)
-    except CheckpointError as error:
-        raise click.ClickException(str(error)) from None
-    arrays = export_arrays(
-        loaded.model,
-        loaded.params,
-        bits=loaded.scenario.bits,
-        servers=loaded.scenario.servers,
-        approx_layers=loaded.approx_layers,
-    )
-    path = save_exported(out_path, arrays)
+        arrays = export_arrays(
+            loaded.model,
+            loaded.params,
+            bits=loaded.scenario.bits,
+            servers=loaded.scenario.servers,
+            approx_layers=loaded.approx_layers,
+        )
+        path = save_exported(out_path, arrays)
     result = {
         "path": str(path),
         "arrays": {name: list(array.shape) for name, array in sorted(arrays.items())},

@@ -4,8 +4,12 @@ A value ``u`` in ``[0, 2^B)`` becomes the symbols ``s_k = floor(u / 4^k) mod 4``
 ``k = 0 .. K-1`` (``k = 0`` least significant), and ``u = sum_k 4^k s_k``. All integer work is
 exact int32 arithmetic, so ``B`` is at most 30 (``K`` at most 15).
 
-Value-range checks (:mod:`optinc_jax.validation`) run only on concrete arrays; inside
-``jax.jit`` or ``jax.vmap`` the values are unknown and the caller is responsible for them.
+**Invalid values under ``jit``.** Called eagerly, the functions refuse out-of-range values
+with a ``ValueError``. Traced values cannot raise, so inside ``jax.jit`` or ``jax.vmap`` an
+invalid value is carried, never wrapped into a valid-looking one: :func:`encode_pam4` maps a
+``u`` outside ``[0, 2^B)`` to ``K`` copies of :data:`INVALID_SYMBOL` (-1);
+:func:`decode_pam4` maps any word holding a symbol outside ``{0, 1, 2, 3}`` to
+:data:`INVALID_CODE` (-1); :func:`pam4_levels` maps such a symbol to a NaN amplitude.
 """
 
 import functools
@@ -15,6 +19,12 @@ import jax.numpy as jnp
 
 from optinc_jax.scenarios import MAX_BITS
 from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
+
+INVALID_SYMBOL = -1
+"""Symbol written for a value outside ``[0, 2^B)`` by a traced :func:`encode_pam4`."""
+
+INVALID_CODE = -1
+"""Value returned by a traced :func:`decode_pam4` for a word with an invalid symbol."""
 
 
 def num_symbols(bits: int) -> int:
@@ -67,14 +77,17 @@ def _encode_pam4(u: jax.Array, bits: int) -> jax.Array:
     """Unvalidated jitted core of :func:`encode_pam4`."""
     symbols = bits // 2
     shifts = 2 * jnp.arange(symbols, dtype=jnp.int32).reshape((1,) * u.ndim + (symbols,))
-    return jnp.right_shift(jnp.expand_dims(u.astype(jnp.int32), -1), shifts) & 3
+    valid = jnp.expand_dims((u >= 0) & (u < 2**bits), -1)
+    s = jnp.right_shift(jnp.expand_dims(u.astype(jnp.int32), -1), shifts) & 3
+    return jnp.where(valid, s, INVALID_SYMBOL)
 
 
 @jax.jit
 def _decode_pam4(s: jax.Array) -> jax.Array:
     """Unvalidated jitted core of :func:`decode_pam4`."""
     weights = place_values(s.shape[-1]).reshape((1,) * (s.ndim - 1) + (s.shape[-1],))
-    return jnp.sum(s.astype(jnp.int32) * weights, axis=-1)
+    valid = jnp.all((s >= 0) & (s <= 3), axis=-1)
+    return jnp.where(valid, jnp.sum(s.astype(jnp.int32) * weights, axis=-1), INVALID_CODE)
 
 
 def encode_pam4(u: jax.typing.ArrayLike, *, bits: int) -> jax.Array:
@@ -147,4 +160,11 @@ def pam4_levels(s: jax.typing.ArrayLike) -> jax.Array:
     require_in_range("s", s, 0, 4)
     s = jnp.asarray(s)
     require_integer_dtype("s", s)
-    return s.astype(jnp.float32) / jnp.float32(3)
+    return _pam4_levels(s)
+
+
+@jax.jit
+def _pam4_levels(s: jax.Array) -> jax.Array:
+    """Unvalidated jitted core of :func:`pam4_levels`."""
+    levels = s.astype(jnp.float32) / jnp.float32(3)
+    return jnp.where((s >= 0) & (s <= 3), levels, jnp.nan)

@@ -22,6 +22,18 @@ and its zeros quantize to ``q = 0``. The scale is applied as ``ldexp`` by ``-e_m
 ``f`` itself (about ``2^131`` there) is never formed and nothing overflows. Subnormal
 gradients are flushed to zero by XLA on CPU and quantize as zeros.
 
+**Non-finite values under ``jit``.** Called eagerly, every function here refuses a NaN or
+infinite gradient with a ``ValueError``. Traced values cannot raise, so inside ``jax.jit``,
+``shard_map`` or ``vmap`` the policy is: a block holding any NaN or +-Inf gets the exponent
+:data:`NONFINITE_EXPONENT` (the int32 maximum) instead of one computed from its peak. It is
+the largest exponent there is, so the agreed ``e_max`` of that block (a max over servers,
+:func:`shared_block_exponents` or a ``pmax``) carries it to every server; the block is
+quantized to the zero code ``2^(B-1)`` (so its integers stay valid and the finite blocks
+beside it keep their own scales) and :func:`dequantize_blocks` returns NaN for every element
+of it. The flag is recoverable at every stage with :func:`nonfinite_blocks`. The net effect
+for an all-reduce: a non-finite gradient value poisons its block with NaN on every server,
+visibly, instead of averaging to a plausible wrong number; other blocks are unaffected.
+
 **Precision.** The error bound ``|g - dequantize(quantize(g))| <= 0.5 / f`` holds up to the
 float rounding of ``f g``, i.e. while ``2^(B-1)`` is well below ``2^24`` for float32 inputs.
 """
@@ -43,6 +55,9 @@ from optinc_jax.validation import (
 
 DEFAULT_BLOCK_SIZE = 256
 """Default number of gradient elements sharing one exponent."""
+
+NONFINITE_EXPONENT = int(np.iinfo(np.int32).max)
+"""Exponent marking a block that holds NaN or +-Inf (traced calls; see the module docstring)."""
 
 
 def _require_finite_floats(name: str, x: jax.Array) -> None:
@@ -74,7 +89,9 @@ def _block_exponents(g: jax.Array, block_size: int) -> jax.Array:
     peak = jnp.max(jnp.abs(_to_blocks(g, block_size)), axis=1)
     _, exponent = jnp.frexp(peak)  # peak = m 2^exponent with m in [0.5, 1): exact e.
     finfo = jnp.finfo(g.dtype)
-    return jnp.where(peak >= finfo.tiny, exponent, finfo.minexp + 1).astype(jnp.int32)
+    exponent = jnp.where(peak >= finfo.tiny, exponent, finfo.minexp + 1).astype(jnp.int32)
+    finite = jnp.all(jnp.isfinite(_to_blocks(g, block_size)), axis=1)
+    return jnp.where(finite, exponent, jnp.int32(NONFINITE_EXPONENT))
 
 
 def _check_exponents(exponents: jax.Array, size: int, block_size: int) -> None:
@@ -92,9 +109,12 @@ def _check_exponents(exponents: jax.Array, size: int, block_size: int) -> None:
 def _quantize_blocks(g: jax.Array, exponents: jax.Array, bits: int, block_size: int) -> jax.Array:
     """Unvalidated jitted core of :func:`quantize_blocks`."""
     q_max = 2 ** (bits - 1) - 1
-    scaled = jnp.ldexp(_to_blocks(g, block_size), -exponents[:, None])  # g / 2^e_max, exact
+    blocks = _to_blocks(g, block_size)
+    poisoned = (exponents == NONFINITE_EXPONENT)[:, None] | ~jnp.isfinite(blocks)
+    exponents = jnp.where(exponents == NONFINITE_EXPONENT, 0, exponents)
+    scaled = jnp.ldexp(jnp.where(poisoned, 0, blocks), -exponents[:, None])  # g / 2^e_max
     q = jnp.clip(jnp.round(scaled * q_max).astype(jnp.int32), -q_max, q_max)
-    return _from_blocks(q + 2 ** (bits - 1), g.shape)
+    return _from_blocks(jnp.where(poisoned, 0, q) + 2 ** (bits - 1), g.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "block_size", "dtype"))
@@ -104,7 +124,9 @@ def _dequantize_blocks(
     """Unvalidated jitted core of :func:`dequantize_blocks`."""
     centered = (_to_blocks(t.astype(jnp.int32), block_size) - 2 ** (bits - 1)).astype(dtype)
     fraction = centered / jnp.asarray(2 ** (bits - 1) - 1, dtype)
-    return _from_blocks(jnp.ldexp(fraction, exponents[:, None]), t.shape)
+    poisoned = (exponents == NONFINITE_EXPONENT)[:, None]
+    values = jnp.ldexp(fraction, jnp.where(poisoned, 0, exponents[:, None]))
+    return _from_blocks(jnp.where(poisoned, jnp.nan, values).astype(dtype), t.shape)
 
 
 def block_exponents(g: jax.typing.ArrayLike, *, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
@@ -282,6 +304,28 @@ def quantize_gradients(
     if grads.ndim < 1 or grads.shape[0] < 1:
         raise ValueError(f"grads must have shape [servers >= 1, ...], got {grads.shape}")
     return _quantize_gradients(grads, bits, block_size)
+
+
+def nonfinite_blocks(exponents: jax.typing.ArrayLike) -> jax.Array:
+    """Flags of the blocks that held NaN or +-Inf (the non-finite policy of the module).
+
+    Args:
+      exponents: ``[num_blocks]`` (or ``[servers, num_blocks]``) integer exponents from
+        :func:`block_exponents`, :func:`shared_block_exponents` or :func:`quantize_gradients`.
+
+    Returns:
+      bool array of the same shape, ``True`` where the exponent is :data:`NONFINITE_EXPONENT`.
+
+    Raises:
+      ValueError: if ``exponents`` is not an integer array.
+
+    Examples:
+      >>> nonfinite_blocks(jnp.array([3, NONFINITE_EXPONENT, -125]))
+      Array([False,  True, False], dtype=bool)
+    """
+    exponents = jnp.asarray(exponents)
+    require_integer_dtype("exponents", exponents)
+    return exponents == NONFINITE_EXPONENT
 
 
 def exponent_overhead(bits: int, block_size: int, exponent_bits: int = 8) -> float:

@@ -11,6 +11,13 @@ Data path of one gradient value through an OptINC (SPEC section 2):
    rebuilds ``t_hat``, which should equal the target :func:`quantized_average`.
 
 Functions are written for one gradient value; callers ``jax.vmap`` over values.
+
+Invalid values are carried, never turned into valid ones (the policy of
+:mod:`optinc_jax.encoding.pam4` continued): under ``jit`` an invalid symbol makes its ONN
+input NaN in :func:`preprocess`, a NaN or infinite amplitude becomes
+:data:`~optinc_jax.encoding.pam4.INVALID_SYMBOL` in :func:`receiver`, and such a symbol makes
+:func:`reconstruct_average` return :data:`~optinc_jax.encoding.pam4.INVALID_CODE`, which
+equals no target. So a diverged network never decodes to a correct-looking average.
 """
 
 import functools
@@ -20,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optinc_jax.encoding.pam4 import decode_pam4, place_values
+from optinc_jax.encoding.pam4 import INVALID_SYMBOL, decode_pam4, place_values
 from optinc_jax.validation import require_in_range, require_int, require_integer_dtype
 
 
@@ -90,7 +97,8 @@ def _preprocess(symbols: jax.Array, inputs: int) -> jax.Array:
     grouped = symbols.astype(jnp.int32).reshape(servers, inputs, per_input)
     weights = place_values(per_input).reshape(1, 1, per_input)
     counts = jnp.sum(grouped * weights, axis=(0, 2))  # N x_m, exact
-    return grid_inputs(counts, servers)
+    valid = jnp.all((grouped >= 0) & (grouped <= 3), axis=(0, 2))
+    return jnp.where(valid, grid_inputs(counts, servers), jnp.nan)
 
 
 def preprocess(symbols: jax.typing.ArrayLike, *, inputs: int = 4) -> jax.Array:
@@ -137,19 +145,27 @@ def receiver(y: jax.typing.ArrayLike) -> jax.Array:
     A hardware PAM4 receiver has three thresholds (0.5, 1.5, 2.5 in symbol units); any
     amplitude above the top one reads as level 3 and any below the bottom one as level 0.
     This saturation is the physical behaviour, not a silent coercion. Ties round half to
-    even (``jnp.round``).
+    even (``jnp.round``). A NaN or infinite amplitude (a diverged network) has no level: it
+    reads as ``INVALID_SYMBOL`` (-1), which decodes to no valid average.
 
     Args:
       y: ``[..., K]`` real output amplitudes in symbol units (level ``s`` is amplitude ``s``).
 
     Returns:
-      ``[..., K]`` int32 symbols in ``{0, 1, 2, 3}``.
+      ``[..., K]`` int32 symbols in ``{0, 1, 2, 3}``, or -1 where ``y`` is not finite.
 
     Examples:
-      >>> receiver(jnp.array([-0.7, 1.4, 2.6, 9.0]))
-      Array([0, 1, 3, 3], dtype=int32)
+      >>> receiver(jnp.array([-0.7, 1.4, 2.6, 9.0, jnp.nan]))
+      Array([ 0,  1,  3,  3, -1], dtype=int32)
     """
-    return jnp.clip(jnp.round(jnp.asarray(y)), 0, 3).astype(jnp.int32)
+    return _receiver(jnp.asarray(y))
+
+
+@jax.jit
+def _receiver(y: jax.Array) -> jax.Array:
+    """Jitted core of :func:`receiver`."""
+    symbols = jnp.clip(jnp.round(jnp.where(jnp.isfinite(y), y, 0)), 0, 3).astype(jnp.int32)
+    return jnp.where(jnp.isfinite(y), symbols, INVALID_SYMBOL)
 
 
 def reconstruct_average(y_hat: jax.typing.ArrayLike) -> jax.Array:

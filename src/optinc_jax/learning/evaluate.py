@@ -32,13 +32,18 @@ class EvaluationResult(NamedTuple):
         correct: samples with ``t_hat == t``.
         total: dataset size.
         accuracy: ``correct / total``.
-        error_histogram: ``{t_hat - t: count}`` over the wrong samples (integer LSBs).
+        error_histogram: ``{t_hat - t: count}`` over the wrong samples whose output decoded
+            to a value (integer LSBs).
+        invalid: wrong samples whose output was NaN or infinite, so it decoded to no value
+            at all (a diverged network); they are never counted correct and are not in the
+            histogram.
     """
 
     correct: int
     total: int
     accuracy: float
     error_histogram: dict[int, int]
+    invalid: int = 0
 
     def to_json(self) -> dict:
         """JSON-ready dict (histogram keys as strings, as JSON requires)."""
@@ -47,6 +52,7 @@ class EvaluationResult(NamedTuple):
             "total": self.total,
             "accuracy": self.accuracy,
             "error_histogram": {str(k): v for k, v in sorted(self.error_histogram.items())},
+            "invalid": self.invalid,
         }
 
     @classmethod
@@ -62,6 +68,7 @@ class EvaluationResult(NamedTuple):
                 total=int(document["total"]),
                 accuracy=float(document["accuracy"]),
                 error_histogram={int(k): int(v) for k, v in document["error_histogram"].items()},
+                invalid=int(document.get("invalid", 0)),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not an evaluation record: {error!r}") from None
@@ -76,7 +83,8 @@ def predict_values(apply_fn: Callable, params, inputs: jax.Array) -> jax.Array:
         inputs: ``[batch, I]`` preprocessed inputs.
 
     Returns:
-        ``[batch]`` int32 reconstructed values.
+        ``[batch]`` int32 reconstructed values; ``INVALID_CODE`` (-1) where an output
+        amplitude was NaN or infinite.
     """
     return reconstruct_average(receiver(apply_fn(params, inputs)))
 
@@ -98,12 +106,15 @@ def _accumulate_chunk(
         indices = jax.lax.with_sharding_constraint(indices, sharding)
     valid = indices < dataset.size
     samples = dataset.samples(jnp.where(valid, indices, 0))
-    error = predict_values(apply_fn, params, samples.inputs) - samples.target
-    wrong = valid & (error != 0)
+    predicted = predict_values(apply_fn, params, samples.inputs)
+    decoded = predicted >= 0  # INVALID_CODE (-1) marks a non-finite output
+    error = predicted - samples.target
     max_error = 2**dataset.bits - 1
-    # t and t_hat both lie in [0, 2^B - 1], so every index is in [0, 2 (2^B - 1)].
-    histogram = histogram.at[error + max_error].add(wrong.astype(jnp.int32))
-    return correct + jnp.sum(valid & (error == 0), dtype=jnp.int32), histogram
+    # t and t_hat both lie in [0, 2^B - 1], so every index is in [0, 2 (2^B - 1)]; the
+    # extra last bucket counts the outputs that decoded to no value.
+    bucket = jnp.where(decoded, error + max_error, 2 * max_error + 1)
+    histogram = histogram.at[bucket].add((valid & (~decoded | (error != 0))).astype(jnp.int32))
+    return correct + jnp.sum(valid & decoded & (error == 0), dtype=jnp.int32), histogram
 
 
 def default_chunk_size(backend: str | None = None) -> int:
@@ -173,7 +184,7 @@ def evaluate_exhaustive(
             "dataset or a smaller one"
         )
     max_error = 2**dataset.bits - 1
-    counts = (jnp.zeros((), jnp.int32), jnp.zeros(2 * max_error + 1, jnp.int32))
+    counts = (jnp.zeros((), jnp.int32), jnp.zeros(2 * max_error + 2, jnp.int32))
     for start in range(0, dataset.size, chunk_size):
         counts = _accumulate_chunk(
             counts,
@@ -185,10 +196,11 @@ def evaluate_exhaustive(
             sharding=sharding,
         )
     correct, histogram = jax.device_get(counts)
-    errors = np.nonzero(histogram)[0]
+    errors = np.nonzero(histogram[:-1])[0]
     return EvaluationResult(
         correct=int(correct),
         total=dataset.size,
         accuracy=int(correct) / dataset.size,
         error_histogram={int(e) - max_error: int(histogram[e]) for e in errors},
+        invalid=int(histogram[-1]),
     )

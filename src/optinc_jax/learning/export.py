@@ -8,11 +8,13 @@ It also records ``bits``, ``servers``, ``inputs`` and ``approx_layers`` (1-based
 """
 
 import itertools
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from optinc_jax.learning.onn import ONN, onn_weights
+from optinc_jax.validation import require_finite_array
 
 __all__ = ["export_arrays", "load_exported", "mlp_forward_numpy", "save_exported"]
 
@@ -29,6 +31,9 @@ def export_arrays(model: ONN, params, *, bits: int, servers: int, approx_layers)
 
     Returns:
         ``{name: numpy array}`` in the documented format.
+
+    Raises:
+        ValueError: if a weight, bias or scalar is NaN or infinite.
     """
     arrays = {
         "input_shift": np.float64(model.input_shift),
@@ -43,7 +48,17 @@ def export_arrays(model: ONN, params, *, bits: int, servers: int, approx_layers)
     for index, (weight, bias) in enumerate(onn_weights(params)):
         arrays[f"weights_{index}"] = np.asarray(weight)
         arrays[f"biases_{index}"] = np.asarray(bias)
+    _require_finite(arrays, "the network")
     return arrays
+
+
+def _require_finite(arrays: dict, source: str) -> None:
+    """Raise if any floating array of an export holds NaN or infinity (a diverged run)."""
+    for name, array in sorted(arrays.items()):
+        if np.issubdtype(np.asarray(array).dtype, np.floating):
+            require_finite_array(
+                f"{name} of {source} (a diverged network cannot be exported)", array
+            )
 
 
 def save_exported(path: str | Path, arrays: dict) -> Path:
@@ -55,13 +70,23 @@ def save_exported(path: str | Path, arrays: dict) -> Path:
 
     Returns:
         The written path.
+
+    Raises:
+        ValueError: if the destination's directory does not exist.
+        OSError: if the file cannot be written (permissions, disk full); nothing is left.
     """
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_suffix(path.suffix + ".npz")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: the directory {path.parent} does not exist")
     temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez(temporary, **arrays)
-    temporary.replace(path)
+    try:
+        np.savez(temporary, **arrays)
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 
@@ -75,10 +100,16 @@ def load_exported(path: str | Path) -> dict:
         ``{name: numpy array}``.
 
     Raises:
-        ValueError: if arrays of the format are missing or shapes do not chain.
+        ValueError: if the file is missing, unreadable or not a ``.npz``, arrays of the
+            format are missing, shapes do not chain, or values are NaN or infinite.
     """
-    with np.load(path) as data:
-        arrays = {name: data[name] for name in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable .npz file: {error}") from None
     required = {"input_shift", "input_scale", "output_scale", "output_shift", "weights_0"}
     missing = sorted(required - set(arrays))
     if missing:
@@ -87,6 +118,7 @@ def load_exported(path: str | Path) -> dict:
     for index, ((weight, bias), (next_weight, _)) in enumerate(itertools.pairwise(weights)):
         if next_weight.shape[1] != weight.shape[0] or bias.shape != (weight.shape[0],):
             raise ValueError(f"{path}: layer {index} shapes do not chain")
+    _require_finite(arrays, str(path))
     return arrays
 
 

@@ -9,15 +9,24 @@ at a time. The selected weight matrices are projected onto diagonal x unitary bl
 final parameters are always projected. Checkpoints are written atomically and a killed run
 resumes from the last one with the same result it would have reached uninterrupted; a
 finished run asked to resume returns its stored result.
+
+A run is safe to leave alone: one writer holds the run directory's lock for the run's
+lifetime (:mod:`optinc_jax.learning.run_lock`); a configuration that cannot fit in memory is
+refused before the directory is touched (:mod:`optinc_jax.learning.footprint`); and a loss
+or parameter that becomes NaN or infinite stops the run with :class:`TrainingDiverged`,
+keeping the last finite checkpoint and writing a ``result.json`` that reports the
+divergence and no accuracy.
 """
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -29,7 +38,8 @@ from optinc_jax.learning.config import (
     projection_due,
     steps_per_epoch,
 )
-from optinc_jax.learning.evaluate import EvaluationResult, evaluate_exhaustive
+from optinc_jax.learning.evaluate import EvaluationResult, default_chunk_size, evaluate_exhaustive
+from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
 from optinc_jax.learning.projection import projection_diag_unitary
 from optinc_jax.learning.reporting import (
@@ -37,12 +47,14 @@ from optinc_jax.learning.reporting import (
     plot_training_curve,
     write_json_atomically,
 )
-from optinc_jax.learning.step import DATA_AXIS, TrainState, train_epoch
+from optinc_jax.learning.run_lock import run_directory_lock
+from optinc_jax.learning.step import DATA_AXIS, PERMUTATION_LIMIT, TrainState, train_epoch
 from optinc_jax.scenarios import SCENARIOS, Scenario, scenario_from_json
 
 __all__ = [
     "LoadedRun",
     "TrainResult",
+    "TrainingDiverged",
     "TrainingSetup",
     "build_training",
     "load_run",
@@ -50,6 +62,8 @@ __all__ = [
 ]
 
 RESULT_FILE = "result.json"
+_RECORD_KEYS = ("config", "history", "train_seconds", "stopped_at_full_accuracy")
+"""Keys every checkpoint record of this version holds."""
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -69,6 +83,31 @@ class TrainResult(NamedTuple):
     apply_fn: ONNApply
     epochs: int
     record: dict
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or infinite; the run stopped.
+
+    Attributes:
+        epoch: the epoch (1-based) at whose end the non-finite value was found.
+        last_checkpoint: epoch of the last (finite) checkpoint kept, or ``None``.
+    """
+
+    def __init__(self, message: str, epoch: int, last_checkpoint: int | None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.last_checkpoint = last_checkpoint
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is free of NaN and infinity (one scalar)."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
 class TrainingSetup(NamedTuple):
@@ -186,6 +225,11 @@ def _config_from_record(record: dict) -> TrainConfig:
 
     An unregistered scenario name is restored from the scenario stored beside it.
     """
+    if not isinstance(record.get("config"), dict):
+        raise CheckpointError(
+            "the checkpoint's record holds no configuration: it was written by another "
+            "version of optinc-jax or is not an optinc run"
+        )
     document = dict(record["config"])
     scenario = document.get("scenario")
     if isinstance(scenario, str) and scenario not in SCENARIOS and "scenario" in record:
@@ -291,9 +335,16 @@ def train_onn(
 
     Raises:
         CheckpointError: if ``workdir`` holds checkpoints and ``resume`` is false, or they
-            belong to another configuration, or are corrupt.
-        ValueError: if the mesh lacks a ``"data"`` axis or does not divide the batch, or
-            the dataset does not fit the scenario.
+            belong to another configuration, or are corrupt, or a checkpoint cannot be
+            written (disk full: the previous checkpoint is kept, ``resume`` continues).
+        ValueError: if the mesh lacks a ``"data"`` axis or does not divide the batch, the
+            dataset does not fit the scenario, or the run cannot fit in memory (checked
+            before the run directory is created).
+        RunDirectoryBusy: if another process is training in ``workdir``.
+        RunDirectoryUnwritable: if ``workdir`` cannot be created or written (checked
+            before training starts).
+        TrainingDiverged: if the loss or a parameter becomes NaN or infinite; the last
+            finite checkpoint is kept and ``result.json`` records the divergence.
     """
     workdir = Path(workdir)
     if mesh is not None:
@@ -305,6 +356,32 @@ def train_onn(
                 f"{mesh.shape[DATA_AXIS]} devices of the mesh's {DATA_AXIS!r} axis"
             )
     setup = build_training(config, dataset)
+    footprint = training_footprint(
+        setup.scenario.layers,
+        bits=setup.dataset.bits,
+        dataset_size=setup.dataset.size,
+        batch_size=config.batch_size,
+        steps_per_epoch=setup.steps_per_epoch,
+        eval_chunk_size=min(config.eval_chunk_size or default_chunk_size(), setup.dataset.size),
+        permutation_limit=PERMUTATION_LIMIT,
+    )
+    require_fits_memory(
+        footprint, f"scenario {setup.scenario.name} with batch size {config.batch_size}"
+    )
+    with run_directory_lock(workdir):
+        return _train_locked(config, workdir, setup, resume, progress, on_epoch_end, mesh)
+
+
+def _train_locked(
+    config: TrainConfig,
+    workdir: Path,
+    setup: TrainingSetup,
+    resume: bool,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict], None] | None,
+    mesh: Mesh | None,
+) -> TrainResult:
+    """The body of :func:`train_onn`, run while holding the run directory's lock."""
     scenario, approx_layers, dataset = setup.scenario, setup.approx_layers, setup.dataset
     apply_fn, steps = setup.apply_fn, setup.steps_per_epoch
     state = setup.initial_state
@@ -319,6 +396,12 @@ def train_onn(
                     f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue"
                 )
             state, start_epoch, record = checkpointer.restore(state)
+            missing = sorted(set(_RECORD_KEYS) - set(record))
+            if missing:
+                raise CheckpointError(
+                    f"the checkpoint in {workdir} lacks {missing} in its record: it was written "
+                    "by another version of optinc-jax; start a new run directory"
+                )
             if record["config"] != config_json:
                 raise CheckpointError(
                     f"checkpoint in {workdir} was written with config {record['config']}, "
@@ -352,9 +435,15 @@ def train_onn(
                 mesh=mesh,
             )
             epoch += 1
-            history["loss"].append(float(loss))
-            if projection_due(config, epoch):
+            loss = float(loss)
+            finite = math.isfinite(loss) and bool(_all_finite(state.params))
+            if finite and projection_due(config, epoch):
                 state = state._replace(params=_project(config, approx_layers, state.params))
+                finite = bool(_all_finite(state.params))
+            if not finite:
+                bar.close()
+                _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
+            history["loss"].append(loss)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 evaluation = evaluate_exhaustive(
                     apply_fn,
@@ -384,7 +473,7 @@ def train_onn(
             bar.update(1)
             bar.set_postfix(
                 stage=stage,
-                loss=f"{float(loss):.3g}",
+                loss=f"{loss:.3g}",
                 acc=f"{history['accuracy'][-1]:.6f}" if history["accuracy"] else "-",
             )
             if on_epoch_end is not None:
@@ -404,6 +493,7 @@ def train_onn(
             data_axis=DATA_AXIS,
         )
     record = {
+        "status": "finished",
         **evaluation_record(scenario, approx_layers, evaluation),
         "epochs": epoch,
         "steps_per_epoch": steps,
@@ -414,7 +504,6 @@ def train_onn(
         "config": config_json,
         "history": history,
     }
-    workdir.mkdir(parents=True, exist_ok=True)
     write_json_atomically(workdir / RESULT_FILE, record)
     plot_training_curve(
         history,
@@ -423,6 +512,47 @@ def train_onn(
         f"{evaluation.accuracy:.5%} after {epoch} epochs",
     )
     return TrainResult(evaluation, final_params, apply_fn, epoch, record)
+
+
+def _stop_diverged(
+    workdir: Path,
+    config_json: dict,
+    epoch: int,
+    loss: float,
+    history: dict,
+    checkpointer: TrainCheckpointer,
+) -> None:
+    """Record a divergence in ``result.json`` (no accuracy in it) and raise.
+
+    The non-finite state is not checkpointed; the last checkpoint on disk stays the last
+    finite one.
+
+    Raises:
+        TrainingDiverged: always.
+    """
+    last = checkpointer.latest_epoch()
+    what = f"loss {loss}" if not math.isfinite(loss) else "a parameter became non-finite"
+    message = (
+        f"training diverged at epoch {epoch} ({what}); "
+        + (
+            f"the last finite checkpoint (epoch {last}) is kept in {workdir}"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        + "; lower the learning rate and start a new run"
+    )
+    write_json_atomically(
+        workdir / RESULT_FILE,
+        {
+            "status": "diverged",
+            "error": message,
+            "diverged_at_epoch": epoch,
+            "last_checkpoint_epoch": last,
+            "config": config_json,
+            "history": history,
+        },
+    )
+    raise TrainingDiverged(message, epoch, last)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, name: str):

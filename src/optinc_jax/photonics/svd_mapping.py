@@ -60,7 +60,8 @@ def map_matrix_svd(w: ArrayLike) -> SVDMeshMapping:
         ``1e-5`` relative in float32).
 
     Raises:
-        ValueError: If ``w`` is not a non-empty 2-D real array or contains NaN or inf.
+        ValueError: If ``w`` is not a non-empty 2-D real array, contains NaN or inf, or
+            its largest singular value overflows its dtype.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -83,9 +84,18 @@ def map_matrix_svd(w: ArrayLike) -> SVDMeshMapping:
     # A one-off factorisation of concrete values: LAPACK on the host, in the dtype of w.
     # The singular values come sorted in decreasing order and IEEE division is monotone and
     # exact for s_max / s_max, so the attenuations lie in [0, 1] with the first exactly 1.
-    u, s, vt = np.linalg.svd(host, full_matrices=True)
-    gain = s[0]
-    attenuation = s / gain if gain > 0 else np.zeros_like(s)
+    # Scaled by a power of two (exact) before the SVD, so entries near the float maximum
+    # (3e38 in float32) do not overflow inside LAPACK; the scale returns in the gain.
+    _, exponent = np.frexp(np.max(np.abs(host)))
+    u, s, vt = np.linalg.svd(np.ldexp(host, -int(exponent)), full_matrices=True)
+    attenuation = s / s[0] if s[0] > 0 else np.zeros_like(s)
+    gain = np.ldexp(np.float64(s[0]), int(exponent))
+    if gain > np.finfo(host.dtype).max:
+        raise ValueError(
+            f"w's largest singular value, {gain:.3e}, overflows {host.dtype}; scale w down "
+            "(the gain is one global factor)"
+        )
+    gain = gain.astype(host.dtype)
     return SVDMeshMapping(
         output_mesh=decompose_orthogonal(u),
         attenuation=jnp.asarray(attenuation),
