@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.bench_mesh --out runs/bench
 	$(VENV)/bin/python -m benchmarks.bench_train --out runs/bench
 	$(VENV)/bin/python -m benchmarks.bench_scale --out runs/bench
+	$(VENV)/bin/python -m benchmarks.bench_collective --out runs/bench
 
 clean:
 	rm -rf $(VENV) runs

@@ -380,3 +380,172 @@ def export_command(run_dir: str, out_path: str, as_json: bool) -> None:
         "arrays": {name: list(array.shape) for name, array in sorted(arrays.items())},
     }
     emit(result, as_json, lambda r: f"wrote {r['path']} ({len(r['arrays'])} arrays)")
+
+
+plot_option = click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Also draw the figure into this PNG.",
+)
+"""The ``--plot FILE`` option of the commands that draw a figure."""
+
+
+def _require_parent(path: str | None) -> None:
+    """Refuse a ``--plot`` path whose directory does not exist, before any work."""
+    if path is not None:
+        from pathlib import Path
+
+        parent = Path(path).absolute().parent
+        if not parent.is_dir():
+            raise _UsageFailure(f"cannot write {path}: the directory {parent} does not exist")
+
+
+def _format_volume(rows: list[dict[str, Any]]) -> str:
+    """Fig. 6 as a table."""
+    lines = [
+        f"{'servers':>7}  {'ring':>6}  {'OptINC':>6}  {'+ exponents':>11}  "
+        "(data sent per server / gradient size, from the byte counters)"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['servers']:>7}  {row['ring']:>6.3f}  {row['optinc']:>6.3f}  "
+            f"{row['optinc_exponent_overhead']:>11.4f}"
+        )
+    return "\n".join(lines)
+
+
+@main.command("comm")
+@click.option(
+    "--servers",
+    "servers",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Server counts, e.g. --servers 4 8 16 [default: 4 8 16].",
+)
+@click.argument("more_servers", nargs=-1, type=click.IntRange(min=1))
+@click.option("--bits", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=1 << 16,
+    show_default=True,
+    help="Gradient elements per server in the measurement.",
+)
+@plot_option
+@json_option
+def comm_command(
+    servers: tuple[int, ...],
+    more_servers: tuple[int, ...],
+    bits: int,
+    size: int,
+    plot_path: str | None,
+    as_json: bool,
+) -> None:
+    """Fig. 6: data each server sends per gradient average, ring all-reduce vs OptINC.
+
+    The figures come from the byte counters of the two simulated collectives run (or traced)
+    on real arrays, not from the 2(N-1)/N formula.
+    """
+    _require_parent(plot_path)
+    from optinc_jax.network.volume import communication_volume
+
+    counts = (*servers, *more_servers) or (4, 8, 16)
+    with one_line_errors():
+        rows = communication_volume(counts, size=size, bits=bits)
+        if plot_path is not None:
+            from optinc_jax.network.plots import plot_communication_volume
+
+            plot_communication_volume(rows, plot_path)
+    emit([row._asdict() for row in rows], as_json, _format_volume)
+
+
+def _format_latency(result: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """Fig. 7(b) as text, assumptions first."""
+    rows = result if isinstance(result, list) else [result]
+    a = rows[0]["assumptions"]
+    lines = [
+        f"assumptions: {a['device_tflops']} TFLOP/s x {a['utilization']} utilization, "
+        f"{a['transceivers']} x {a['transceiver_gbps']} Gb/s transceivers per server, "
+        f"{a['gradient_bits']}-bit gradients, ONN latency {a['onn_latency_s']} s, "
+        f"N = {rows[0]['servers']}"
+    ]
+    for row in rows:
+        paper = row["paper_reduction"]
+        lines += [
+            f"{row['model']}: {row['params']:,} parameters, batch {row['batch_per_server']} "
+            f"per server, {row['flops_per_step']:.3e} FLOP per step",
+            f"  compute {1e3 * row['compute_s']:.3f} ms; ring {1e3 * row['ring_comm_s']:.4f} ms "
+            f"(x{row['ring_factor']:.3f}); OptINC {1e3 * row['optinc_comm_s']:.4f} ms "
+            f"(x{row['optinc_factor']:.4f})",
+            f"  OptINC saves {100 * row['reduction']:.3f} % of the ring iteration"
+            + (
+                ""
+                if paper is None
+                else f" (paper: {100 * paper:.0f} %; this model reaches it at a batch of "
+                f"{row['batch_for_paper_reduction'] or 0:.3g} per server or "
+                f"{row['gbps_for_paper_reduction'] or 0:.3g} Gb/s per transceiver)"
+            ),
+        ]
+    return "\n".join(lines)
+
+
+@main.command("latency")
+@click.option(
+    "--model",
+    type=click.Choice(["resnet50", "llama", "both"]),
+    default="resnet50",
+    show_default=True,
+    help="Model (FLOPs from XLA's cost analysis, parameters counted); both: a list.",
+)
+@click.option("--servers", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option(
+    "--batch-per-server",
+    type=click.IntRange(min=1),
+    help="Examples per server per step [default: the model's, see network/model_cost.py].",
+)
+@click.option("--device-tflops", type=float, default=60.0, show_default=True)
+@click.option("--utilization", type=float, default=0.6, show_default=True)
+@click.option("--transceivers", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--transceiver-gbps", type=float, default=800.0, show_default=True)
+@click.option("--gradient-bits", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--onn-latency-ns", type=float, default=0.0, show_default=True, help="Optical time of flight."
+)
+@plot_option
+@json_option
+def latency_command(
+    model: str,
+    servers: int,
+    batch_per_server: int | None,
+    device_tflops: float,
+    utilization: float,
+    transceivers: int,
+    transceiver_gbps: float,
+    gradient_bits: int,
+    onn_latency_ns: float,
+    plot_path: str | None,
+    as_json: bool,
+) -> None:
+    """Fig. 7(b): per-step compute and communication time, ring all-reduce vs OptINC."""
+    _require_parent(plot_path)
+    from optinc_jax.network.latency import LatencyAssumptions, latency_breakdown
+
+    with one_line_errors():
+        assumptions = LatencyAssumptions(
+            device_tflops=device_tflops,
+            utilization=utilization,
+            transceivers=transceivers,
+            transceiver_gbps=transceiver_gbps,
+            gradient_bits=gradient_bits,
+            onn_latency_s=onn_latency_ns * 1e-9,
+            batch_per_server=batch_per_server,
+        )
+        models = ["resnet50", "llama"] if model == "both" else [model]
+        rows = [latency_breakdown(name, servers, assumptions) for name in models]
+        if plot_path is not None:
+            from optinc_jax.network.plots import plot_latency
+
+            plot_latency(rows, plot_path)
+    documents = [row.to_json() for row in rows]
+    emit(documents if model == "both" else documents[0], as_json, _format_latency)

@@ -18,7 +18,7 @@ exponents that are too small, not a coercion of valid input.
 **All-zero blocks.** A block whose ``max|g|`` is below the smallest normal float (all zeros)
 gets the exponent of the smallest normal number, ``finfo(dtype).minexp + 1`` (-125 for
 float32), which is no larger than any other block's exponent, so it never raises ``e_max``
-and its zeros quantize to ``q = 0``. The scale is applied as ``ldexp`` by ``-e_max``, so
+and its zeros quantize to ``q = 0``. The scale is applied as an exact power-of-two product, so
 ``f`` itself (about ``2^131`` there) is never formed and nothing overflows. Subnormal
 gradients are flushed to zero by XLA on CPU and quantize as zeros.
 
@@ -71,26 +71,104 @@ def _num_blocks(size: int, block_size: int) -> int:
     return -(-size // block_size)
 
 
-def _to_blocks(x: jax.Array, block_size: int) -> jax.Array:
-    """Flatten ``x``, pad with zeros to whole blocks: ``[num_blocks, block_size]``."""
+def to_blocks(x: jax.Array, block_size: int) -> jax.Array:
+    """Flatten ``x`` and zero-pad it to whole blocks (unvalidated; traceable).
+
+    Args:
+      x: ``[...]`` array.
+      block_size: elements per block.
+
+    Returns:
+      ``[ceil(x.size / block_size), block_size]``.
+
+    Examples:
+      >>> to_blocks(jnp.arange(5), 2)
+      Array([[0, 1],
+             [2, 3],
+             [4, 0]], dtype=int32)
+    """
     flat = x.reshape(-1)
     padding = _num_blocks(flat.size, block_size) * block_size - flat.size
     return jnp.pad(flat, (0, padding)).reshape(-1, block_size)
 
 
-def _from_blocks(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Drop the padding of :func:`_to_blocks` and restore ``shape``."""
+def from_blocks(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Drop the padding of :func:`to_blocks` and restore ``shape`` (unvalidated)."""
     return blocks.reshape(-1)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+
+def _times_power_of_two(x: jax.Array, exponents: jax.Array) -> jax.Array:
+    """``x [nb, bs] * 2^e [nb]`` exactly as ``jnp.ldexp``, without its per-element ``pow``.
+
+    ``2^e`` is applied as the two factors ``2^(e // 2)`` and ``2^(e - e // 2)``, each built
+    from its exponent bits (exact, and a normal number for every block exponent of the
+    dtype), so the product is rounded once, where ``ldexp`` rounds. Measured in the
+    collective: ``ldexp`` cost about 4x the rest of the quantizer on CPU.
+    """
+    info = jnp.finfo(x.dtype)
+    unsigned = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[info.bits // 8]
+
+    def power(e):
+        biased = (e + (info.maxexp - 1)).astype(unsigned) << info.nmant
+        return jax.lax.bitcast_convert_type(biased, x.dtype)[:, None]
+
+    half = exponents // 2
+    return x * power(half) * power(exponents - half)
+
+
+def quantize_block_codes(blocks: jax.Array, exponents: jax.Array, bits: int) -> jax.Array:
+    """Offset-binary codes of ``[nb, bs]`` blocks with agreed exponents (unvalidated).
+
+    The traceable core of :func:`quantize_blocks` for callers that already hold blocks
+    (the collectives); the non-finite policy of the module applies.
+
+    Args:
+      blocks: ``[num_blocks, block_size]`` floats.
+      exponents: ``[num_blocks]`` int32 agreed exponents.
+      bits: bit width ``B`` (static).
+
+    Returns:
+      ``[num_blocks, block_size]`` int32 codes in ``[1, 2^B - 1]``.
+    """
+    q_max = 2 ** (bits - 1) - 1
+    poisoned_block = exponents == NONFINITE_EXPONENT
+    poisoned = poisoned_block[:, None] | ~jnp.isfinite(blocks)
+    scale = jnp.where(poisoned_block, 0, exponents)
+    scaled = _times_power_of_two(jnp.where(poisoned, 0, blocks), -scale)  # g / 2^e_max
+    q = jnp.clip(jnp.round(scaled * q_max).astype(jnp.int32), -q_max, q_max)
+    return jnp.where(poisoned, 0, q) + 2 ** (bits - 1)
+
+
+def dequantize_block_codes(
+    t: jax.Array, exponents: jax.Array, bits: int, dtype: jax.typing.DTypeLike
+) -> jax.Array:
+    """Floats of ``[nb, bs]`` offset-binary codes (unvalidated; NaN in poisoned blocks).
+
+    Args:
+      t: ``[num_blocks, block_size]`` integer codes.
+      exponents: ``[num_blocks]`` int32 agreed exponents.
+      bits: bit width ``B`` (static).
+      dtype: floating dtype of the result.
+
+    Returns:
+      ``[num_blocks, block_size]`` values ``(t - 2^(B-1)) / f``.
+    """
+    dtype = np.dtype(dtype)
+    centered = (t.astype(jnp.int32) - 2 ** (bits - 1)).astype(dtype)
+    fraction = centered / jnp.asarray(2 ** (bits - 1) - 1, dtype)
+    poisoned = exponents == NONFINITE_EXPONENT
+    values = _times_power_of_two(fraction, jnp.where(poisoned, 0, exponents))
+    return jnp.where(poisoned[:, None], jnp.nan, values).astype(dtype)
 
 
 @functools.partial(jax.jit, static_argnames="block_size")
 def _block_exponents(g: jax.Array, block_size: int) -> jax.Array:
     """Unvalidated jitted core of :func:`block_exponents`."""
-    peak = jnp.max(jnp.abs(_to_blocks(g, block_size)), axis=1)
+    peak = jnp.max(jnp.abs(to_blocks(g, block_size)), axis=1)
     _, exponent = jnp.frexp(peak)  # peak = m 2^exponent with m in [0.5, 1): exact e.
     finfo = jnp.finfo(g.dtype)
     exponent = jnp.where(peak >= finfo.tiny, exponent, finfo.minexp + 1).astype(jnp.int32)
-    finite = jnp.all(jnp.isfinite(_to_blocks(g, block_size)), axis=1)
+    finite = jnp.all(jnp.isfinite(to_blocks(g, block_size)), axis=1)
     return jnp.where(finite, exponent, jnp.int32(NONFINITE_EXPONENT))
 
 
@@ -108,13 +186,7 @@ def _check_exponents(exponents: jax.Array, size: int, block_size: int) -> None:
 @functools.partial(jax.jit, static_argnames=("bits", "block_size"))
 def _quantize_blocks(g: jax.Array, exponents: jax.Array, bits: int, block_size: int) -> jax.Array:
     """Unvalidated jitted core of :func:`quantize_blocks`."""
-    q_max = 2 ** (bits - 1) - 1
-    blocks = _to_blocks(g, block_size)
-    poisoned = (exponents == NONFINITE_EXPONENT)[:, None] | ~jnp.isfinite(blocks)
-    exponents = jnp.where(exponents == NONFINITE_EXPONENT, 0, exponents)
-    scaled = jnp.ldexp(jnp.where(poisoned, 0, blocks), -exponents[:, None])  # g / 2^e_max
-    q = jnp.clip(jnp.round(scaled * q_max).astype(jnp.int32), -q_max, q_max)
-    return _from_blocks(jnp.where(poisoned, 0, q) + 2 ** (bits - 1), g.shape)
+    return from_blocks(quantize_block_codes(to_blocks(g, block_size), exponents, bits), g.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "block_size", "dtype"))
@@ -122,11 +194,8 @@ def _dequantize_blocks(
     t: jax.Array, exponents: jax.Array, bits: int, block_size: int, dtype: np.dtype
 ) -> jax.Array:
     """Unvalidated jitted core of :func:`dequantize_blocks`."""
-    centered = (_to_blocks(t.astype(jnp.int32), block_size) - 2 ** (bits - 1)).astype(dtype)
-    fraction = centered / jnp.asarray(2 ** (bits - 1) - 1, dtype)
-    poisoned = (exponents == NONFINITE_EXPONENT)[:, None]
-    values = jnp.ldexp(fraction, jnp.where(poisoned, 0, exponents[:, None]))
-    return _from_blocks(jnp.where(poisoned, jnp.nan, values).astype(dtype), t.shape)
+    codes = to_blocks(t.astype(jnp.int32), block_size)
+    return from_blocks(dequantize_block_codes(codes, exponents, bits, dtype), t.shape)
 
 
 def block_exponents(g: jax.typing.ArrayLike, *, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
