@@ -549,3 +549,93 @@ def latency_command(
             plot_latency(rows, plot_path)
     documents = [row.to_json() for row in rows]
     emit(documents if model == "both" else documents[0], as_json, _format_latency)
+
+
+@main.command("deploy")
+@click.argument("source", type=click.Path(exists=True))
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), required=True, help="circuit .npz."
+)
+@json_option
+def deploy_command(source: str, out_path: str, as_json: bool) -> None:
+    """Compile SOURCE (a run directory or an exported weights.npz) into MZI phases."""
+    from optinc_jax.learning.deployment import circuit_summary, deploy
+    from optinc_jax.photonics.circuit import save_circuit
+
+    with one_line_errors():
+        circuit, _ = deploy(source)
+        path = save_circuit(out_path, circuit)
+        summary = circuit_summary(circuit)
+    emit(
+        {"path": str(path), **summary},
+        as_json,
+        lambda r: f"wrote {r['path']} ({r.get('mzis', '?')} MZIs)",
+    )
+
+
+@main.command("verify")
+@click.argument("circuit_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per chunk.")
+@json_option
+def verify_command(circuit_path: str, chunk_size: int | None, as_json: bool) -> None:
+    """Run the exhaustive dataset through the meshes built from CIRCUIT_PATH's phases."""
+    from optinc_jax.learning.deployment import verify_circuit
+    from optinc_jax.photonics.circuit import load_circuit
+
+    with one_line_errors():
+        result = verify_circuit(load_circuit(circuit_path), chunk_size=chunk_size)
+
+    def human(r: dict[str, Any]) -> str:
+        return (
+            f"phase-level accuracy {100 * r['accuracy']:.5f} % ({r['correct']:,} of "
+            f"{r['total']:,}, invalid {r['invalid']}), digital {100 * r['digital_accuracy']:.5f} "
+            f"%, max |deviation| {r['max_abs_deviation']:.3g}, {r['mzis']:,} MZIs"
+        )
+
+    emit(result, as_json, human)
+
+
+@main.command("robustness")
+@click.argument("source", type=click.Path(exists=True))
+@click.option(
+    "--model",
+    "noise_model",
+    type=click.Choice(["phase", "dac", "loss", "splitter", "crosstalk", "receiver"]),
+    default="phase",
+    show_default=True,
+    help="Non-ideality (units: rad, bits, dB per MZI, rad, coupling fraction, symbols).",
+)
+@click.option("--sweep", default="0:0.05:11", show_default=True, help="start:stop:count.")
+@click.option("--trials", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--calibrate", is_flag=True, help="Refit each stage's gain under the noise.")
+@plot_option
+@json_option
+def robustness_command(
+    source: str,
+    noise_model: str,
+    sweep: str,
+    trials: int,
+    seed: int,
+    calibrate: bool,
+    plot_path: str | None,
+    as_json: bool,
+) -> None:
+    """Monte Carlo accuracy of SOURCE (circuit, weights.npz or run) against noise strength."""
+    _require_parent(plot_path)
+    from optinc_jax.learning.deployment import (
+        load_circuit_or_deploy,
+        parse_sweep,
+        plot_robustness,
+        robustness_sweep,
+    )
+
+    with one_line_errors():
+        strengths = parse_sweep(sweep)
+        circuit = load_circuit_or_deploy(source)
+        result = robustness_sweep(
+            circuit, noise_model, strengths, trials, seed, calibrate=calibrate
+        )
+        if plot_path is not None:
+            plot_robustness(result, plot_path)
+    emit(result, as_json, lambda r: json.dumps(r, indent=1, allow_nan=False))
