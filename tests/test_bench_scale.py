@@ -3,7 +3,7 @@
 import jax
 
 from benchmarks import bench_scale
-from optinc_jax.scenarios import make_scenario
+from optinc_jax import make_scenario
 
 TINY = make_scenario("tiny-bench", bits=4, servers=2, layers=(2, 8, 8, 2), approx=(2,), inputs=2)
 

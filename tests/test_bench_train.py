@@ -1,7 +1,7 @@
 """Smoke test of benchmarks/bench_train.py on a tiny scenario (public API only)."""
 
 from benchmarks import bench_train
-from optinc_jax.scenarios import make_scenario
+from optinc_jax import make_scenario
 
 TINY = make_scenario("tiny-bench", bits=4, servers=2, layers=(2, 8, 2), inputs=2)
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from optinc_jax import load_exported
+from optinc_jax import load_exported, make_scenario, register_scenario
 from optinc_jax.cli import main
-from optinc_jax.scenarios import make_scenario, register_scenario
 
 register_scenario(
     make_scenario("cli-4b1s", bits=4, servers=1, layers=(2, 16, 2), approx=(1, 2), inputs=2),

@@ -5,13 +5,13 @@ import numpy as np
 import optax
 import pytest
 
+from optinc_jax import get_scenario, make_scenario
 from optinc_jax.learning.config import (
     TrainConfig,
     learning_rate_schedule,
     make_optimizer,
     steps_per_epoch,
 )
-from optinc_jax.scenarios import get_scenario, make_scenario
 
 CUSTOM = make_scenario("never-registered", bits=4, servers=3, layers=(2, 16, 2), inputs=2)
 

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from optinc_jax import decode_pam4
 from optinc_jax.encoding import dataset
 from optinc_jax.encoding.dataset import (
     DatasetSpec,
@@ -14,7 +15,6 @@ from optinc_jax.encoding.dataset import (
     exhaustive_dataset,
     make_dataset_spec,
 )
-from optinc_jax.encoding.pam4 import decode_pam4
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optinc_jax
+from optinc_jax import insertion_loss, splitter_error
 from optinc_jax.photonics.circuit import (
     FORMAT_VERSION,
     BlockStage,
@@ -20,7 +21,6 @@ from optinc_jax.photonics.circuit import (
     load_circuit,
     save_circuit,
 )
-from optinc_jax.photonics.nonideal import insertion_loss, splitter_error
 
 
 def network_arrays(layers, approx=(), side="left", seed=0):

@@ -11,17 +11,18 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import train_distributed as experiment
-from optinc_jax import CheckpointError, TrainingDiverged
-from optinc_jax.network.collective import ErrorModel, exact_onn_table
-from optinc_jax.network.data import Batch, ImageData
-from optinc_jax.network.distributed import (
+from optinc_jax import (
+    CheckpointError,
     DistributedConfig,
+    TrainingDiverged,
     init_data_parallel_state,
     make_allreduce,
     make_train_step,
     table_ii_row,
     train_distributed,
 )
+from optinc_jax.network.collective import ErrorModel, exact_onn_table
+from optinc_jax.network.data import Batch, ImageData
 
 LR = 0.1
 SERVERS = 4

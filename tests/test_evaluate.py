@@ -75,8 +75,8 @@ def test_bad_arguments():
 
 def test_equal_architectures_compile_once():
     """Rebuilt models (new parameters, new objects) reuse the evaluation's compilation."""
+    from optinc_jax import build_onn, onn_apply_fn
     from optinc_jax.learning import evaluate as evaluate_module
-    from optinc_jax.learning.onn import build_onn, onn_apply_fn
 
     spec = make_dataset_spec(4, 3, 2)
     before = evaluate_module._accumulate_chunk._cache_size()

@@ -5,9 +5,8 @@ import json
 import pytest
 
 from experiments import accelerator_check, configs, table1, table2, tables
-from optinc_jax import paper
+from optinc_jax import SCENARIOS, make_scenario, paper
 from optinc_jax.learning.config import TrainConfig
-from optinc_jax.scenarios import SCENARIOS, make_scenario
 
 ROW_FIELDS = {
     "bits",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from optinc_jax import LatencyAssumptions, latency_breakdown
 from optinc_jax.cli import main
-from optinc_jax.network.latency import LatencyAssumptions, latency_breakdown
 from optinc_jax.network.model_cost import model_cost
 
 ASSUMED = LatencyAssumptions(

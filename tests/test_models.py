@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from optinc_jax import RESNET_PRESETS, ResNet, ResNetArchitecture, build_resnet
 from optinc_jax.network.llama import (
     LLAMA_PRESETS,
     Llama,
@@ -28,12 +29,6 @@ from optinc_jax.network.model_cost import (
     model_cost,
     parameter_count,
     train_step_flops,
-)
-from optinc_jax.network.resnet import (
-    RESNET_PRESETS,
-    ResNet,
-    ResNetArchitecture,
-    build_resnet,
 )
 
 TINY_RESNET = ResNetArchitecture("basic", (1, 1), (4, 8), 4, 2)

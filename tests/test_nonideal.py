@@ -8,6 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import optinc_jax
+from optinc_jax import (
+    NOISE_MODELS,
+    chain_perturbations,
+    dac_quantization,
+    insertion_loss,
+    phase_error,
+    receiver_noise,
+    splitter_error,
+    thermal_crosstalk,
+)
 from optinc_jax.photonics.circuit import (
     AttenuatorColumn,
     Circuit,
@@ -20,16 +30,6 @@ from optinc_jax.photonics.circuit import (
     compile_circuit,
     coupler_error_matrix,
     mesh_matrix,
-)
-from optinc_jax.photonics.nonideal import (
-    NOISE_MODELS,
-    chain_perturbations,
-    dac_quantization,
-    insertion_loss,
-    phase_error,
-    receiver_noise,
-    splitter_error,
-    thermal_crosstalk,
 )
 
 KEY = jax.random.key(7)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from optinc_jax.learning.onn import ONN, build_onn, onn_apply_fn, onn_weights, weight_matrix_index
+from optinc_jax import ONN, build_onn, onn_apply_fn, onn_weights, weight_matrix_index
 
 
 def test_forward_matches_manual_mlp():

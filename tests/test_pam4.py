@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optinc_jax.encoding.pam4 import decode_pam4, encode_pam4, num_symbols, pam4_levels
+from optinc_jax import decode_pam4, encode_pam4, num_symbols, pam4_levels
 
 
 def test_num_symbols():

@@ -8,13 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from optinc_jax import encode_pam4, make_scenario
 from optinc_jax.encoding.dataset import FunctionDataset, Samples
-from optinc_jax.encoding.pam4 import encode_pam4
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.step import train_epoch
 from optinc_jax.learning.trainer import build_training, load_run, train_onn
-from optinc_jax.scenarios import make_scenario
 
 # A user's own 4-bit dataset, nothing of the paper's grid: inputs (a, b) with a in 0..4 and
 # b in 0..5, scaled onto [0, 3], and the target 2 a + b (in 0..13).

@@ -1,7 +1,7 @@
 import numpy as np
 from flax import nnx
 
-from optinc_jax.learning.onn import ONN, onn_apply_fn, onn_weights
+from optinc_jax import ONN, onn_apply_fn, onn_weights
 from optinc_jax.learning.projection import projection_diag_unitary
 from optinc_jax.photonics.approx import approx_diag_unitary
 

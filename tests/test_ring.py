@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from optinc_jax import CommunicationVolume, communication_volume, ring_pmean, ring_pmean_with_stats
 from optinc_jax.network.collective import pmean
-from optinc_jax.network.ring import ring_pmean, ring_pmean_with_stats
-from optinc_jax.network.volume import CommunicationVolume, communication_volume
 from optinc_jax.paper import COMMUNICATION_RING
 
 AXIS = "ring"

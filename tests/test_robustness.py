@@ -16,23 +16,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from optinc_jax import (
+    MemoryFootprint,
+    RunDirectoryBusy,
+    RunDirectoryUnwritable,
+    available_memory_bytes,
+    make_scenario,
+    require_fits_memory,
+    run_directory_lock,
+    training_footprint,
+)
 from optinc_jax.cli import main
 from optinc_jax.learning import trainer as trainer_module
 from optinc_jax.learning.checkpoint import CheckpointError, CheckpointWriteError, TrainCheckpointer
 from optinc_jax.learning.config import TrainConfig
-from optinc_jax.learning.footprint import (
-    MemoryFootprint,
-    available_memory_bytes,
-    require_fits_memory,
-    training_footprint,
-)
-from optinc_jax.learning.run_lock import (
-    RunDirectoryBusy,
-    RunDirectoryUnwritable,
-    run_directory_lock,
-)
 from optinc_jax.learning.trainer import TrainingDiverged, load_run, train_onn
-from optinc_jax.scenarios import make_scenario
 
 SCENARIO = make_scenario(
     "robust-4b2s", bits=4, servers=2, layers=(2, 32, 32, 2), approx=(1, 2, 3), inputs=2
@@ -63,7 +61,7 @@ def test_a_locked_run_directory_refuses_a_second_writer_until_its_holder_dies(tm
             textwrap.dedent(
                 f"""
                 import time
-                from optinc_jax.learning.run_lock import run_directory_lock
+                from optinc_jax import run_directory_lock
                 with run_directory_lock({str(tmp_path)!r}):
                     print("locked", flush=True)
                     time.sleep(120)

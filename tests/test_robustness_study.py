@@ -6,7 +6,7 @@ import pytest
 
 import optinc_jax
 from experiments import robustness
-from optinc_jax.learning.deployment import (
+from optinc_jax import (
     deploy,
     load_circuit_or_deploy,
     parse_sweep,

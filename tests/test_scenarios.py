@@ -1,7 +1,6 @@
 import pytest
 
-from optinc_jax import area_ratio
-from optinc_jax.scenarios import SCENARIOS, get_scenario, make_scenario, register_scenario
+from optinc_jax import SCENARIOS, area_ratio, get_scenario, make_scenario, register_scenario
 
 
 def test_table_one_rows():

@@ -5,14 +5,20 @@ import jax
 import numpy as np
 import pytest
 
-from optinc_jax import export_arrays, load_exported, mlp_forward_numpy, save_exported
+from optinc_jax import (
+    export_arrays,
+    load_exported,
+    make_scenario,
+    mlp_forward_numpy,
+    onn_weights,
+    register_scenario,
+    save_exported,
+)
 from optinc_jax.learning import step as step_module
 from optinc_jax.learning.checkpoint import CheckpointError
 from optinc_jax.learning.config import TrainConfig, projection_due
-from optinc_jax.learning.onn import onn_weights
 from optinc_jax.learning.trainer import load_run, train_onn
 from optinc_jax.photonics.approx import approx_diag_unitary
-from optinc_jax.scenarios import make_scenario, register_scenario
 
 register_scenario(
     make_scenario(

@@ -8,13 +8,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from optinc_jax import (
+    encode_pam4,
     preprocess,
     quantized_average,
     receiver,
     reconstruct_average,
     split_to_servers,
 )
-from optinc_jax.encoding.pam4 import encode_pam4
 
 
 def test_quantized_average_known_values():
