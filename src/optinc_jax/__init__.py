@@ -219,6 +219,11 @@ _EXPORTS: dict[str, str] = {
     "require_fits_memory": "learning.footprint",
     "run_directory_lock": "learning.run_lock",
     "table_ii_row": "network.distributed",
+    "ALLREDUCES": "network.distributed",
+    "build_distributed_model": "network.distributed",
+    "load_training_data": "network.distributed",
+    "make_distributed_optimizer": "network.distributed",
+    "train_batches": "network.data",
     "training_footprint": "learning.footprint",
     "trial_counts": "learning.deployment",
     # Top level: scenarios as values.

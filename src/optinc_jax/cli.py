@@ -639,3 +639,110 @@ def robustness_command(
         if plot_path is not None:
             plot_robustness(result, plot_path)
     emit(result, as_json, lambda r: json.dumps(r, indent=1, allow_nan=False))
+
+
+def _simulate_servers_on_host(servers: int) -> None:
+    """Ask XLA for ``servers`` virtual CPU devices, unless JAX is imported or told already."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={servers}"
+
+
+def _format_distributed(record: dict[str, Any]) -> str:
+    """One paragraph about a finished data-parallel run."""
+    heldout = record["heldout"]
+    metric = (
+        f"held-out accuracy {100 * heldout['accuracy']:.2f} %"
+        if record["metric"] == "accuracy"
+        else f"held-out loss {heldout['loss']:.4f} (perplexity {heldout['perplexity']:.3f})"
+    )
+    rate = record["steps_per_second"]
+    return "\n".join(
+        [
+            f"{record['model']} ({record['parameters']:,} parameters) through "
+            f"{record['allreduce']}, {record['servers']} servers, seed {record['seed']}",
+            f"{record['steps']} steps: {metric}, final training loss {record['final_loss']:.4f}",
+            f"{rate:.2f} steps/s on {record['devices']} {record['device']} devices"
+            if rate is not None
+            else f"on {record['devices']} {record['device']} devices",
+        ]
+    )
+
+
+@main.command("train-distributed")
+@click.option(
+    "--model",
+    default="resnet_small",
+    show_default=True,
+    help="resnet_small or llama_small (CPU sizes), resnet50 or llama_paper (the paper's).",
+)
+@click.option(
+    "--allreduce",
+    type=click.Choice(["exact", "ring", "optinc-ideal", "optinc-inject", "optinc-onn"]),
+    default="exact",
+    show_default=True,
+    help="How the servers' gradients are averaged.",
+)
+@click.option("--servers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--bits", type=click.IntRange(min=2), help="Gradient bits (optinc-ideal).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps [model's recipe].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--data", "data_path", type=click.Path(), help="CIFAR-100 folder or text path.")
+@click.option("--onn", "onn_path", type=click.Path(exists=True), help="optinc-onn's run.")
+@click.option("--errors", help="optinc-inject's errors: table2:worst, table2:I or result.json.")
+@click.option(
+    "--rounding", type=click.Choice(["floor", "nearest"]), default="floor", show_default=True
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="runs/train_distributed",
+    show_default=True,
+    help="Run directory (checkpoints, result.json).",
+)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def train_distributed_command(
+    model: str,
+    allreduce: str,
+    servers: int,
+    bits: int | None,
+    steps: int | None,
+    seed: int,
+    data_path: str | None,
+    onn_path: str | None,
+    errors: str | None,
+    rounding: str,
+    out_dir: str,
+    resume: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Train a model data-parallel over simulated servers, averaging through ALLREDUCE.
+
+    On a CPU the servers are virtual devices (this command asks XLA for them); on an
+    accelerator they are its devices. The comparison of all the all-reduces with several
+    seeds and the Fig. 7a figure is `python -m experiments.train_distributed`.
+    """
+    _simulate_servers_on_host(servers)
+    from optinc_jax.network.distributed import DistributedConfig, train_distributed
+
+    with one_line_errors():
+        config = DistributedConfig(
+            model=model,
+            allreduce=allreduce,
+            servers=servers,
+            bits=bits,
+            steps=steps,
+            seed=seed,
+            data=data_path,
+            onn=onn_path,
+            errors=errors,
+            rounding=rounding,
+        )
+        result = train_distributed(config, out_dir, resume=resume, progress=not quiet)
+    record = {key: value for key, value in result.record.items() if key != "history"}
+    record["run_dir"] = out_dir
+    emit(record, as_json, _format_distributed)

@@ -122,6 +122,7 @@ __all__ = [
     "init_data_parallel_state",
     "load_training_data",
     "make_allreduce",
+    "make_distributed_optimizer",
     "make_train_step",
     "server_mesh",
     "table_ii_row",
@@ -731,10 +732,21 @@ def evaluate_heldout(
     return out
 
 
-def _make_optimizer(
+def make_distributed_optimizer(
     model: str, learning_rate: float, warmup_fraction: float, steps: int
 ) -> optax.GradientTransformation:
-    """The model's optimizer: linear warm-up, cosine decay (to 0 for SGD, 10 % for AdamW)."""
+    """The model's optimizer: linear warm-up, cosine decay (to 0 for SGD, 10 % for AdamW).
+
+    Args:
+        model: a name of :data:`DISTRIBUTED_MODELS` (its recipe picks SGD with Nesterov
+            momentum or AdamW with gradient clipping, and the weight decay).
+        learning_rate: peak learning rate.
+        warmup_fraction: share of ``steps`` spent warming up linearly from 0.
+        steps: total optimizer steps of the run.
+
+    Returns:
+        The optax transformation.
+    """
     spec = DISTRIBUTED_MODELS[model]
     warmup = round(warmup_fraction * steps)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -764,7 +776,7 @@ def _compiled_run_steps(
     ``config`` is resolved; the key is the config less everything that does not enter
     the step (the seed is an argument of the step, the data a shape of its inputs).
     """
-    tx = _make_optimizer(config.model, config.learning_rate, config.warmup_fraction, config.steps)
+    tx = make_distributed_optimizer(config.model, config.learning_rate, config.warmup_fraction, config.steps)
     return tx, make_train_step(graphdef, tx, allreduce, mesh)
 
 
