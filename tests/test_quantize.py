@@ -132,7 +132,9 @@ def test_mean_of_quantized_dequantizes_close_to_mean(grads, bits):
     mean = dequantize_blocks(t, e, bits=bits, block_size=block_size)
     f = _scales(e, bits, block_size, grads.shape[1])
     error = np.asarray(mean, np.float64) - grads.astype(np.float64).mean(axis=0)
-    slack = 4 * np.finfo(np.float32).eps * 2.0 ** (bits - 1) / f
+    # XLA's CPU backend flushes subnormal results to zero: an average below the smallest
+    # normal float32 (found by hypothesis: one server at 2^-126, the rest 0) comes back 0.
+    slack = 4 * np.finfo(np.float32).eps * 2.0 ** (bits - 1) / f + np.finfo(np.float32).tiny
     # rounding contributes [-0.5, 0.5] / f, the floor of the mean (-1, 0] / f
     assert np.all(error <= 0.5 / f + slack)
     assert np.all(error >= -1.5 / f - slack)

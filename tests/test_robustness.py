@@ -94,6 +94,7 @@ def test_the_lock_is_released_after_a_run_and_on_error(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_concurrent_cli_runs_on_one_directory(tmp_path):
     """One fails with the other's PID; the other finishes with an intact, strict result."""
     out = tmp_path / "run"
@@ -248,6 +249,7 @@ def _small_filesystem_available() -> bool:
 
 
 @pytest.mark.skipif(not _small_filesystem_available(), reason="cannot mount a small tmpfs")
+@pytest.mark.slow
 def test_a_real_full_filesystem_gives_one_line_and_resumes(tmp_path):
     """`optinc train` on a 300 KiB tmpfs: one error line, then --resume after growing it."""
     mount = tmp_path / "small"

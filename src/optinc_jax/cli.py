@@ -29,6 +29,20 @@ json_option = click.option(
 )
 """The ``--json`` flag shared by every command; pass its value to :func:`emit`."""
 
+NOISE_MODEL_NAMES = ("phase", "dac", "loss", "splitter", "crosstalk", "receiver")
+"""The non-idealities of :data:`optinc_jax.photonics.nonideal.NOISE_MODELS` (kept here so
+that ``optinc --help`` does not import JAX; a test checks they agree)."""
+
+noise_model_option = click.option(
+    "--model",
+    "noise_model",
+    type=click.Choice(NOISE_MODEL_NAMES),
+    default="phase",
+    show_default=True,
+    help="Non-ideality (units: rad, bits, dB per MZI, rad, coupling fraction, symbols).",
+)
+"""The ``--model`` option of ``optinc robustness`` and ``optinc finetune``."""
+
 
 def emit(result: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     """Print a command's result as one JSON document or as text.
@@ -254,8 +268,24 @@ def _format_training(record: dict[str, Any]) -> str:
             f"area ratio: {100 * record['area_ratio']:.2f} % "
             f"({record['mzis']:,} of {record['mzis_full']:,} MZIs)",
             f"epochs: {record['epochs']}, training time: {record['train_seconds']:.1f} s",
+            *_format_finetune_entry(record.get("noise_finetune")),
         ]
     )
+
+
+def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
+    """The lines about a run's noise-aware fine-tuning (none without one)."""
+    if entry is None:
+        return []
+    if entry["status"] != "finished":
+        return [f"noise-aware fine-tuning skipped: {entry['reason']}"]
+    config = entry["config"]
+    return [
+        f"noise-aware fine-tuning ({config['noise_model']} at {config['strength']}): mean "
+        f"noisy accuracy {100 * entry['noisy_accuracy_before']:.4f} % -> "
+        f"{100 * entry['noisy_accuracy_after']:.4f} %, noise-free "
+        f"{100 * entry['ideal_accuracy_after']:.5f} %, circuit {entry['circuit']}"
+    ]
 
 
 @main.command("train")
@@ -283,6 +313,14 @@ def _format_training(record: dict[str, Any]) -> str:
 )
 @click.option("--seed", type=int, help="Initialization and sampling seed.")
 @click.option("--stage2", type=click.Choice(["hybrid", "literal", "ste"]), help="Stage-2 loss.")
+@click.option(
+    "--noise-model",
+    type=click.Choice(NOISE_MODEL_NAMES),
+    help="After training, fine-tune the deployed circuit under this non-ideality.",
+)
+@click.option("--noise-strength", type=float, help="Its strength (rad, bits, dB, ...).")
+@click.option("--noise-epochs", type=click.IntRange(min=1), help="Fine-tuning epochs.")
+@click.option("--noise-lr", type=float, help="Fine-tuning peak learning rate.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
@@ -295,11 +333,19 @@ def train_command(
     steps_per_epoch: int | None,
     seed: int | None,
     stage2: str | None,
+    noise_model: str | None,
+    noise_strength: float | None,
+    noise_epochs: int | None,
+    noise_lr: float | None,
     resume: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively."""
+    """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively.
+
+    With --noise-model the trained network is then deployed to MZI phases and fine-tuned
+    under that noise (RUN_DIR/circuit_finetuned.npz; not in the paper).
+    """
     from optinc_jax.learning.config import TrainConfig
     from optinc_jax.learning.trainer import train_onn
 
@@ -309,7 +355,17 @@ def train_command(
         "steps_per_epoch": steps_per_epoch,
         "seed": seed,
         "stage2": stage2,
+        "noise_model": noise_model,
+        "noise_strength": noise_strength,
+        "noise_epochs": noise_epochs,
+        "noise_learning_rate": noise_lr,
     }
+    if noise_model is not None and noise_strength is None:
+        raise _UsageFailure(f"--noise-model {noise_model} needs --noise-strength")
+    if noise_model is not None and noise_epochs is None:
+        from optinc_jax.learning.finetune import NoiseFinetuneConfig
+
+        overrides["noise_epochs"] = NoiseFinetuneConfig().epochs
     with one_line_errors():
         config = TrainConfig(scenario=scenario, approx=approx_spec).replace(
             **{key: value for key, value in overrides.items() if value is not None}
@@ -597,14 +653,7 @@ def verify_command(circuit_path: str, chunk_size: int | None, as_json: bool) -> 
 
 @main.command("robustness")
 @click.argument("source", type=click.Path(exists=True))
-@click.option(
-    "--model",
-    "noise_model",
-    type=click.Choice(["phase", "dac", "loss", "splitter", "crosstalk", "receiver"]),
-    default="phase",
-    show_default=True,
-    help="Non-ideality (units: rad, bits, dB per MZI, rad, coupling fraction, symbols).",
-)
+@noise_model_option
 @click.option("--sweep", default="0:0.05:11", show_default=True, help="start:stop:count.")
 @click.option("--trials", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -746,3 +795,75 @@ def train_distributed_command(
     record = {key: value for key, value in result.record.items() if key != "history"}
     record["run_dir"] = out_dir
     emit(record, as_json, _format_distributed)
+
+
+@main.command("finetune")
+@click.argument("source", type=click.Path(exists=True))
+@noise_model_option
+@click.option("--strength", type=float, required=True, help="Its strength during training.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), required=True, help="circuit .npz."
+)
+@click.option("--quiet", is_flag=True, help="No line per epoch.")
+@json_option
+def finetune_command(
+    source: str,
+    noise_model: str,
+    strength: float,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    learning_rate: float,
+    trials: int,
+    seed: int,
+    out_path: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Fine-tune SOURCE's phases (circuit, weights.npz or run) under sampled noise.
+
+    Not in the paper: the circuit's physical settings are trained with the noise sampled in
+    the phase-level forward pass; the kept circuit is still 100 % without noise when the
+    input was. Measure it afterwards with `optinc robustness OUT --seed 1` (another seed
+    than the selection's).
+    """
+    _require_parent(out_path)
+    from optinc_jax.learning.deployment import load_circuit_or_deploy
+    from optinc_jax.learning.finetune import (
+        NoiseFinetuneConfig,
+        finetune_circuit,
+        finetune_summary,
+    )
+    from optinc_jax.photonics.circuit import save_circuit
+
+    with one_line_errors():
+        config = NoiseFinetuneConfig(
+            noise_model=noise_model,
+            strength=strength,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            trials=trials,
+            seed=seed,
+        )
+        circuit = load_circuit_or_deploy(source)
+        tuned, history = finetune_circuit(circuit, config, progress=not quiet and not as_json)
+        path = save_circuit(out_path, tuned)
+    result = {"path": str(path), **finetune_summary(history)}
+
+    def human(r: dict[str, Any]) -> str:
+        return (
+            f"wrote {r['path']} (epoch {r['selected_epoch']} kept): mean accuracy under "
+            f"{noise_model} noise {strength} {100 * r['noisy_accuracy_before']:.4f} % -> "
+            f"{100 * r['noisy_accuracy_after']:.4f} %, noise-free "
+            f"{100 * r['ideal_accuracy_after']:.5f} %"
+        )
+
+    emit(result, as_json, human)

@@ -14,6 +14,7 @@ import optax
 
 from optinc_jax.learning.loss import STAGE2_LOSSES, Stage2Loss
 from optinc_jax.photonics.area import parse_approx
+from optinc_jax.photonics.nonideal import NOISE_MODELS
 from optinc_jax.scenarios import Scenario, as_scenario, scenario_from_json
 from optinc_jax.validation import require_choice, require_int, require_real
 
@@ -81,6 +82,17 @@ class TrainConfig:
         checkpoint_every: checkpoint period in epochs (also at the end).
         stop_at_full_accuracy: stop at the first evaluation with projected 100 %.
         seed: initialization and sampling seed, in ``[0, 2^32)``.
+        noise_model: non-ideality of a noise-aware fine-tuning of the deployed circuit
+            after training (a key of :data:`~optinc_jax.photonics.nonideal.NOISE_MODELS`),
+            or ``None`` for none. Not in the paper; see
+            :mod:`optinc_jax.learning.finetune`.
+        noise_strength: its strength in the model's unit, ``>= 0``.
+        noise_epochs: fine-tuning epochs; ``>= 1`` with a ``noise_model``, ``0`` without.
+        noise_learning_rate: the fine-tuning's peak Adam learning rate, ``>= 0``.
+
+    The four ``noise_*`` fields are optional in records: :meth:`to_json` writes each only
+    when it differs from its default, so records of runs without fine-tuning are those of
+    earlier versions (and such runs resume), and :meth:`from_json` fills in the defaults.
     """
 
     scenario: str | Scenario = "8b4s"
@@ -103,6 +115,10 @@ class TrainConfig:
     checkpoint_every: int = 10
     stop_at_full_accuracy: bool = True
     seed: int = 0
+    noise_model: str | None = None
+    noise_strength: float = 0.0
+    noise_epochs: int = 0
+    noise_learning_rate: float = 2e-4
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -138,6 +154,32 @@ class TrainConfig:
             raise ValueError(
                 f"stop_at_full_accuracy must be a bool, got {self.stop_at_full_accuracy!r}"
             )
+        self._validate_noise()
+
+    def _validate_noise(self) -> None:
+        """Checks the ``noise_*`` fields (one ``ValueError`` naming the field)."""
+        require_int("noise_epochs", self.noise_epochs, 0)
+        require_real("noise_learning_rate", self.noise_learning_rate, low=0.0)
+        strength = require_real("noise_strength", self.noise_strength, low=0.0)
+        if self.noise_model is None:
+            if self.noise_epochs or strength:
+                raise ValueError(
+                    "noise_model must be set when noise_epochs or noise_strength is, got "
+                    f"noise_model=None with noise_epochs={self.noise_epochs}, "
+                    f"noise_strength={self.noise_strength}"
+                )
+            return
+        require_choice("noise_model", self.noise_model, tuple(NOISE_MODELS))
+        if self.noise_epochs == 0:
+            raise ValueError(
+                f"noise_epochs must be >= 1 with noise_model={self.noise_model!r}, got 0"
+            )
+        noise = NOISE_MODELS[self.noise_model]
+        if noise.integer and strength != int(strength):
+            raise ValueError(
+                f"noise_strength must be a whole number of {noise.unit} for noise_model "
+                f"{self.noise_model!r}, got {self.noise_strength}"
+            )
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""
@@ -160,6 +202,9 @@ class TrainConfig:
         A scenario value is written out in full, a registered name as the name.
         """
         document = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        for name, default in _OPTIONAL_FIELDS.items():
+            if document[name] == default:
+                del document[name]
         if isinstance(self.scenario, Scenario):
             document["scenario"] = self.scenario.to_json()
         if isinstance(self.approx, tuple):
@@ -171,7 +216,8 @@ class TrainConfig:
         """The config of :meth:`to_json`.
 
         Args:
-            document: a dict with exactly the fields of :class:`TrainConfig`.
+            document: a dict with exactly the fields of :class:`TrainConfig`, the optional
+                ``noise_*`` fields allowed to be absent (their defaults).
 
         Returns:
             The validated config.
@@ -183,7 +229,8 @@ class TrainConfig:
         fields = {field.name for field in dataclasses.fields(cls)}
         if not isinstance(document, Mapping):
             raise ValueError(f"a TrainConfig record must be a JSON object, got {document!r}")
-        missing, extra = sorted(fields - set(document)), sorted(set(document) - fields)
+        missing = sorted(fields - set(document) - set(_OPTIONAL_FIELDS))
+        extra = sorted(set(document) - fields)
         if missing or extra:
             raise ValueError(
                 f"the TrainConfig record does not match this version: missing keys {missing}, "
@@ -195,6 +242,14 @@ class TrainConfig:
         if isinstance(values["approx"], list):
             values["approx"] = tuple(values["approx"])
         return cls(**values)
+
+
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    field.name: field.default
+    for field in dataclasses.fields(TrainConfig)
+    if field.name.startswith("noise_")
+}
+"""Fields a record may lack (added after the first version), with their defaults."""
 
 
 def steps_per_epoch(config: TrainConfig, dataset_size: int) -> int:

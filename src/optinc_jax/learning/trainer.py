@@ -16,6 +16,11 @@ refused before the directory is touched (:mod:`optinc_jax.learning.footprint`); 
 or parameter that becomes NaN or infinite stops the run with :class:`TrainingDiverged`,
 keeping the last finite checkpoint and writing a ``result.json`` that reports the
 divergence and no accuracy.
+
+Optionally (``TrainConfig.noise_epochs > 0``), a run that ends at projected 100 % is then
+deployed onto MZI phases and fine-tuned under noise
+(:func:`optinc_jax.learning.finetune.finetune_circuit`): the circuit goes to
+``circuit_finetuned.npz`` and ``result.json`` gains a ``"noise_finetune"`` object.
 """
 
 import json
@@ -39,6 +44,12 @@ from optinc_jax.learning.config import (
     steps_per_epoch,
 )
 from optinc_jax.learning.evaluate import EvaluationResult, default_chunk_size, evaluate_exhaustive
+from optinc_jax.learning.export import export_arrays
+from optinc_jax.learning.finetune import (
+    NoiseFinetuneConfig,
+    finetune_circuit,
+    finetune_summary,
+)
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
 from optinc_jax.learning.projection import projection_diag_unitary
@@ -49,6 +60,7 @@ from optinc_jax.learning.reporting import (
 )
 from optinc_jax.learning.run_lock import run_directory_lock
 from optinc_jax.learning.step import DATA_AXIS, PERMUTATION_LIMIT, TrainState, train_epoch
+from optinc_jax.photonics.circuit import compile_circuit, save_circuit
 from optinc_jax.scenarios import SCENARIOS, Scenario, scenario_from_json
 
 __all__ = [
@@ -62,6 +74,7 @@ __all__ = [
 ]
 
 RESULT_FILE = "result.json"
+FINETUNED_CIRCUIT_FILE = "circuit_finetuned.npz"
 _RECORD_KEYS = ("config", "history", "train_seconds", "stopped_at_full_accuracy")
 """Keys every checkpoint record of this version holds."""
 CHECKPOINT_DIR = "checkpoints"
@@ -504,6 +517,10 @@ def _train_locked(
         "config": config_json,
         "history": history,
     }
+    if config.noise_epochs > 0:
+        record["noise_finetune"] = _noise_finetune(
+            config, workdir, setup, final_params, evaluation, progress
+        )
     write_json_atomically(workdir / RESULT_FILE, record)
     plot_training_curve(
         history,
@@ -512,6 +529,44 @@ def _train_locked(
         f"{evaluation.accuracy:.5%} after {epoch} epochs",
     )
     return TrainResult(evaluation, final_params, apply_fn, epoch, record)
+
+
+def _noise_finetune(
+    config: TrainConfig,
+    workdir: Path,
+    setup: TrainingSetup,
+    params,
+    evaluation: EvaluationResult,
+    progress: bool,
+) -> dict[str, Any]:
+    """Deploy the trained network, fine-tune it under noise, save it; the record's entry.
+
+    Only a network at projected 100 % is fine-tuned; otherwise the entry says why not.
+    """
+    finetune = NoiseFinetuneConfig(
+        noise_model=config.noise_model,
+        strength=config.noise_strength,
+        epochs=config.noise_epochs,
+        learning_rate=config.noise_learning_rate,
+        seed=config.seed,
+    )
+    if evaluation.correct != evaluation.total:
+        return {
+            "status": "skipped",
+            "reason": f"training ended at {evaluation.accuracy:.6%}, not at projected 100 %",
+            "config": finetune.to_json(),
+        }
+    arrays = export_arrays(
+        setup.model,
+        params,
+        bits=setup.scenario.bits,
+        servers=setup.scenario.servers,
+        approx_layers=setup.approx_layers,
+    )
+    circuit = compile_circuit(arrays, approx_side=config.approx_side)
+    tuned, history = finetune_circuit(circuit, finetune, dataset=setup.dataset, progress=progress)
+    save_circuit(workdir / FINETUNED_CIRCUIT_FILE, tuned)
+    return {"status": "finished", "circuit": FINETUNED_CIRCUIT_FILE, **finetune_summary(history)}
 
 
 def _stop_diverged(

@@ -68,8 +68,16 @@ costs a ``frexp`` and a float ``pow`` per element); the servers' codes travel as
 for the cost against ``lax.pmean``.
 
 **Server counts.** ``N`` is the size of the named axis (``lax.psum(1, axis_name)``). In
-``"onn"`` and ``"inject"`` modes the unit's server count must equal ``N``; larger counts
-will go through the cascade of units; until then a ``ValueError`` names the supported count.
+``"onn"`` and ``"inject"`` modes the unit's server count must equal ``N``. More servers than
+one unit serves go through a cascade of units (:mod:`optinc_jax.network.cascade`, paper
+section III-C): ``mode="onn"`` with a :class:`~optinc_jax.network.cascade.CascadeTable`
+(the trained level networks, tabulated) and ``mode="ideal"`` with ``cascade=`` (perfect
+units: ``"exact"`` gives ``floor(sum u / C)``, ``"naive"`` floors at every level). The
+gathered codes are padded with zero servers to the cascade's capacity ``C >= N`` (unused
+inputs are zeros: no light, code 0, not the zero gradient's code ``2^(B-1)``) and the
+cascade's code ``t = floor(sum u / C)`` is read as the code ``t C / N`` (the servers know
+``N``), the paper's convention for a partly used cascade: the value is exact up to the
+floor, ``C / N`` code steps at most.
 """
 
 import dataclasses
@@ -94,6 +102,12 @@ from optinc_jax.encoding.quantize import (
     dequantize_block_codes,
     quantize_block_codes,
     to_blocks,
+)
+from optinc_jax.network.cascade import (
+    Cascade,
+    CascadeTable,
+    cascade_average_codes,
+    cascade_lookup,
 )
 from optinc_jax.network.leaves import axis_size, dtype_groups, float_leaves, require_sum_fits
 from optinc_jax.paper import TableIIRow
@@ -602,8 +616,9 @@ class _Config(NamedTuple):
     mode: str
     rounding: str
     block_size: int
-    table: OnnTable | None
+    table: "OnnTable | CascadeTable | None"
     errors: ErrorModel | None
+    cascade: Cascade | None = None
 
 
 def _check_options(
@@ -614,16 +629,33 @@ def _check_options(
     table: Any,
     errors: Any,
     key: Any,
+    cascade: Any = None,
 ) -> _Config:
     """Validate the options at the public boundary (before any tracing of data)."""
     num_symbols(bits)
     mode = require_choice("mode", mode, MODES)
     rounding = require_choice("rounding", rounding, ROUNDINGS)
     block_size = require_int("block_size", block_size, 1)
+    if cascade is not None:
+        if mode != "ideal":
+            raise ValueError(
+                f"cascade= is used only with mode='ideal' (mode='onn' takes a CascadeTable "
+                f"as table=), got mode={mode!r}"
+            )
+        if not isinstance(cascade, Cascade):
+            raise ValueError(f"cascade must be a Cascade (make_cascade), got {cascade!r}")
+        if cascade.bits != bits:
+            raise ValueError(f"the cascade is of {cascade.bits}-bit units, but bits = {bits}")
+        if rounding != "floor":
+            raise ValueError(
+                f"a cascade of units floors; rounding must be 'floor', got {rounding!r}"
+            )
     if mode == "onn":
         if table is None:
-            raise ValueError("mode='onn' needs table= (an OnnTable or a run/weights path)")
-        if not isinstance(table, OnnTable):
+            raise ValueError(
+                "mode='onn' needs table= (an OnnTable, a CascadeTable or a run/weights path)"
+            )
+        if not isinstance(table, OnnTable | CascadeTable):
             table = onn_lookup_table(table)
         if table.bits != bits:
             raise ValueError(f"the table is a {table.bits}-bit unit, but bits = {bits}")
@@ -644,10 +676,26 @@ def _check_options(
             raise ValueError("mode='inject' needs a PRNG key=")
     elif errors is not None or key is not None:
         raise ValueError(f"errors and key are used only with mode='inject', got mode={mode!r}")
-    return _Config(bits, mode, rounding, block_size, table, errors)
+    return _Config(bits, mode, rounding, block_size, table, errors, cascade)
+
+
+def _cascade_of(config: _Config) -> Cascade | None:
+    """The cascade the codes go through (``None``: one unit)."""
+    if isinstance(config.table, CascadeTable):
+        return config.table.cascade
+    return config.cascade
 
 
 def _check_servers(config: _Config, servers: int, axis_name) -> None:
+    cascade = _cascade_of(config)
+    if cascade is not None:
+        if servers > cascade.servers:
+            raise ValueError(
+                f"axis {axis_name!r} has {servers} servers, more than the {cascade.servers} "
+                f"inputs of the cascade of fan-ins {cascade.fanins}; supported server counts: "
+                f"1 to {cascade.servers}"
+            )
+        return
     unit = config.table if config.mode == "onn" else config.errors
     if unit is not None and unit.servers != servers:
         raise ValueError(
@@ -778,7 +826,17 @@ def _optinc_group(
     shared = lax.pmax(block_exponents(blocks, block_size=bs), axis_name)  # exponent exchange
     u = quantize_block_codes(blocks, shared, bits)  # [nb, bs] in [1, 2^B)
     gathered = _gather_invariant(u.astype(_code_dtype(bits)), axis_name)  # [N, nb, bs]
-    if config.mode == "onn":
+    cascade = _cascade_of(config)
+    if cascade is not None:
+        # Unused cascade inputs are zero servers; the cascade outputs floor(sum u / C).
+        padded = jnp.concatenate(
+            [gathered, jnp.zeros((cascade.servers - servers, *u.shape), gathered.dtype)]
+        )
+        if config.mode == "onn":
+            t = cascade_lookup(config.table, padded)
+        else:
+            t = cascade_average_codes(cascade, padded)
+    elif config.mode == "onn":
         # Indices are in range by construction; the table is small enough for cache as
         # codes (uint8 for 8 bits), and XLA's gather is cheapest on a flat index.
         lookup = config.table.table.astype(_code_dtype(bits))
@@ -788,7 +846,14 @@ def _optinc_group(
         t = average_codes(_server_sum(gathered), servers, config.rounding)
         if config.mode == "inject":
             t = _inject(t, config.errors, key, axis_name, servers)
-    averaged = dequantize_block_codes(t, shared, bits, work).astype(dtype)
+    averaged = dequantize_block_codes(t, shared, bits, work)
+    if cascade is not None and cascade.servers != servers:
+        # The code t ~ sum u / C; the servers want the value of the code t C / N:
+        # (t C/N - 2^(B-1)) s = (C/N) D(t) + (C/N - 1) D(2^B), with D(t) = (t - 2^(B-1)) s.
+        ratio = cascade.servers / servers
+        top = dequantize_block_codes(jnp.full((t.shape[0], 1), 2**bits), shared, bits, work)
+        averaged = ratio * averaged + (ratio - 1) * top
+    averaged = averaged.astype(dtype)
     out, start = [], 0
     for leaf, part in zip(leaves, parts, strict=True):
         stop = start + part.shape[0]
@@ -801,7 +866,8 @@ def _optinc_pmean(tree, axis_name, config: _Config, key) -> tuple[Any, CommStats
     leaves, treedef = float_leaves(tree)
     servers = axis_size(axis_name)
     _check_servers(config, servers, axis_name)
-    require_sum_fits(servers, config.bits)
+    cascade = _cascade_of(config)
+    require_sum_fits(servers if cascade is None else cascade.servers, config.bits)
     if config.mode == "inject":
         key = _replicated_key(jnp.asarray(key), axis_name)
     out: list[Any] = [None] * len(leaves)
@@ -845,6 +911,7 @@ def pmean_with_stats(
     table: "OnnTable | str | os.PathLike | None" = None,
     errors: Any = None,
     key: jax.Array | None = None,
+    cascade: Cascade | None = None,
 ) -> tuple[Any, CommStats]:
     """:func:`pmean` and the data each server sends and receives.
 
@@ -862,6 +929,7 @@ def pmean_with_stats(
         table: as :func:`pmean`.
         errors: as :func:`pmean`.
         key: as :func:`pmean`.
+        cascade: as :func:`pmean`.
 
     Returns:
         ``(averaged tree, CommStats)``.
@@ -882,7 +950,7 @@ def pmean_with_stats(
         >>> counted[0].payload_bytes_sent, counted[0].exponent_bytes_sent, counted[0].sent_ratio
         (1024, 4, 1.0)
     """
-    config = _check_options(bits, mode, rounding, block_size, table, errors, key)
+    config = _check_options(bits, mode, rounding, block_size, table, errors, key, cascade)
     return _optinc_pmean(tree, axis_name, config, key)
 
 
@@ -897,6 +965,7 @@ def pmean(
     table: "OnnTable | str | os.PathLike | None" = None,
     errors: Any = None,
     key: jax.Array | None = None,
+    cascade: Cascade | None = None,
 ) -> Any:
     """Average a pytree over a named axis through OptINC; a drop-in for ``lax.pmean``.
 
@@ -913,17 +982,24 @@ def pmean(
             servers.
         bits: gradient bit width ``B``; even, in ``[2, 30]``, with ``N (2^B - 1)`` within
             int32.
-        mode: ``"ideal"`` (exact ``floor(sum u / N)``, any ``N >= 1``), ``"onn"`` (the
-            tabulated ONN, ``table`` required) or ``"inject"`` (``errors`` and ``key``
-            required).
+        mode: ``"ideal"`` (exact ``floor(sum u / N)``, any ``N >= 1``; through perfect
+            units of ``cascade`` if given), ``"onn"`` (the tabulated ONN or cascade,
+            ``table`` required) or ``"inject"`` (``errors`` and ``key`` required).
         rounding: ``"floor"`` (the paper's) or ``"nearest"`` (ties to even; unbiased);
             ``"onn"`` takes only ``"floor"``, the function the table was trained for.
         block_size: elements per quantization block (one shared exponent each).
         table: an :class:`OnnTable`, or a run directory / exported ``.npz`` to tabulate
-            with :func:`onn_lookup_table` (cached).
+            with :func:`onn_lookup_table` (cached), or a
+            :class:`~optinc_jax.network.cascade.CascadeTable` (a cascade's trained levels,
+            :func:`~optinc_jax.network.cascade.cascade_table`) serving up to its capacity
+            ``C`` servers (module docstring).
         errors: an :class:`ErrorModel` or anything :func:`error_model` takes.
         key: PRNG key of the error draws (``"inject"``); the first server's key is used
             on all servers, so every server sees the same errors.
+        cascade: ``mode="ideal"`` only: a :class:`~optinc_jax.network.cascade.Cascade`
+            of perfect units serving up to its capacity ``C >= N`` servers (``"exact"``:
+            ``floor(sum u / C)``; ``"naive"``: the paper's eq. 9, a floor at every level),
+            its code read as ``t C / N`` (module docstring).
 
     Returns:
         The averaged pytree, leaves of the input shapes and dtypes.
@@ -943,7 +1019,7 @@ def pmean(
 
         The exact mean is ``[0.5625, 0.125]``; with 8 bits one step is ``2 / 127`` here.
     """
-    config = _check_options(bits, mode, rounding, block_size, table, errors, key)
+    config = _check_options(bits, mode, rounding, block_size, table, errors, key, cascade)
     return _optinc_pmean(tree, axis_name, config, key)[0]
 
 
@@ -976,7 +1052,7 @@ def optinc_allreduce(
         axis_name: the data-parallel axis (as :func:`pmean`).
         key: PRNG key of the error draws; required for ``mode="inject"`` only.
         **pmean_kwargs: ``bits``, ``mode``, ``rounding``, ``block_size``, ``table``,
-            ``errors`` of :func:`pmean` (validated here, once).
+            ``errors``, ``cascade`` of :func:`pmean` (validated here, once).
 
     Returns:
         ``optax.GradientTransformation`` whose ``update`` must run inside the mapped
@@ -1004,7 +1080,8 @@ def optinc_allreduce(
         array([ 1. , -2. ,  0.5], dtype=float32)
     """
     options = dict(pmean_kwargs)
-    unknown = sorted(set(options) - {"bits", "mode", "rounding", "block_size", "table", "errors"})
+    known = {"bits", "mode", "rounding", "block_size", "table", "errors", "cascade"}
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"optinc_allreduce got unknown pmean options {unknown}")
     mode = options.get("mode", "ideal")
@@ -1016,6 +1093,7 @@ def optinc_allreduce(
         options.get("table"),
         options.get("errors"),
         key if mode == "inject" else None,
+        options.get("cascade"),
     )
     if mode != "inject" and key is not None:
         raise ValueError(f"key is used only with mode='inject', got mode={mode!r}")

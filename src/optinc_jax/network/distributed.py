@@ -84,6 +84,7 @@ from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.run_lock import run_directory_lock
 from optinc_jax.learning.step import DATA_AXIS
 from optinc_jax.learning.trainer import TrainingDiverged
+from optinc_jax.network.cascade import CascadeTable
 from optinc_jax.network.collective import (
     ROUNDINGS,
     ErrorModel,
@@ -197,7 +198,7 @@ class AllReduce:
     bits: int | None = None
     rounding: str = "floor"
     block_size: int = DEFAULT_BLOCK_SIZE
-    table: OnnTable | None = None
+    table: OnnTable | CascadeTable | None = None
     errors: ErrorModel | None = None
 
     @property
@@ -207,7 +208,14 @@ class AllReduce:
         return None if unit is None else unit.servers
 
     def check_servers(self, servers: int) -> None:
-        """Raises a ``ValueError`` if the unit serves another number of servers."""
+        """Raises a ``ValueError`` if the unit (or cascade) cannot serve ``servers``."""
+        if isinstance(self.table, CascadeTable):
+            if servers > self.table.servers:
+                raise ValueError(
+                    f"servers must be at most the {self.table.servers} inputs of the cascade "
+                    f"{self.table.cascade.fanins} ({self.table.source}), got {servers}"
+                )
+            return
         unit = self.unit_servers
         if unit is not None and unit != servers:
             raise ValueError(
@@ -244,7 +252,15 @@ class AllReduce:
         out: dict[str, Any] = {"name": self.name}
         if self.name.startswith("optinc-"):
             out |= {"bits": self.bits, "rounding": self.rounding, "block_size": self.block_size}
-        if self.table is not None:
+        if isinstance(self.table, CascadeTable):
+            out["onn"] = {
+                "source": self.table.source,
+                "servers": self.table.servers,
+                "fanins": list(self.table.cascade.fanins),
+                "variant": self.table.cascade.variant,
+                "level_accuracies": list(self.table.accuracies),
+            }
+        elif self.table is not None:
             out["onn"] = {
                 "source": self.table.source,
                 "servers": self.table.servers,
@@ -267,7 +283,7 @@ def make_allreduce(
     bits: int | None = None,
     rounding: str = "floor",
     block_size: int = DEFAULT_BLOCK_SIZE,
-    onn: "OnnTable | str | Path | None" = None,
+    onn: "OnnTable | CascadeTable | str | Path | None" = None,
     errors: Any = None,
 ) -> AllReduce:
     """Builds and validates an :class:`AllReduce`.
@@ -280,7 +296,8 @@ def make_allreduce(
         rounding: ``"floor"`` or ``"nearest"`` (``optinc-onn`` takes ``"floor"`` only).
         block_size: elements per quantization block.
         onn: ``optinc-onn``'s unit: an :class:`OnnTable`, a run directory or an exported
-            ``.npz`` (tabulated with :func:`onn_lookup_table`).
+            ``.npz`` (tabulated with :func:`onn_lookup_table`), or a
+            :class:`~optinc_jax.network.cascade.CascadeTable` (more servers than a unit).
         errors: ``optinc-inject``'s errors: ``"table2:worst"`` (default),
             ``"table2:<0-4>"``, a Table II row, an :class:`ErrorModel`, or a run's
             ``result.json`` / run directory (its measured error histogram).
@@ -313,7 +330,7 @@ def make_allreduce(
     if name == "optinc-onn":
         if onn is None:
             raise ValueError("allreduce 'optinc-onn' needs onn= (a run directory or .npz)")
-        table = onn if isinstance(onn, OnnTable) else onn_lookup_table(onn)
+        table = onn if isinstance(onn, OnnTable | CascadeTable) else onn_lookup_table(onn)
         unit_bits = table.bits
         if rounding != "floor":
             raise ValueError(f"optinc-onn computes its table's floor; got rounding={rounding!r}")
@@ -776,7 +793,9 @@ def _compiled_run_steps(
     ``config`` is resolved; the key is the config less everything that does not enter
     the step (the seed is an argument of the step, the data a shape of its inputs).
     """
-    tx = make_distributed_optimizer(config.model, config.learning_rate, config.warmup_fraction, config.steps)
+    tx = make_distributed_optimizer(
+        config.model, config.learning_rate, config.warmup_fraction, config.steps
+    )
     return tx, make_train_step(graphdef, tx, allreduce, mesh)
 
 
