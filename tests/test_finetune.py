@@ -21,6 +21,7 @@ from optinc_jax import (
     robustness_sweep,
     save_circuit,
     train_onn,
+    trial_counts,
     verify_circuit,
     with_settings,
 )
@@ -241,3 +242,18 @@ def test_dac_is_trained_straight_through(circuit):
 
     grad = jax.grad(total)(settings)
     np.testing.assert_array_equal(grad[0]["meshes"]["theta"], 1.0)
+
+
+@pytest.mark.parametrize(("model", "strength"), [("phase", 0.05), ("receiver", 0.3)])
+def test_the_vmapped_robustness_sweep_equals_a_python_loop_over_the_same_keys(
+    circuit, model, strength
+):
+    key = jax.random.key(3)
+    result = robustness_sweep(circuit, model, [0.0, strength], 3, key)
+    keys = jax.random.split(key, 3)
+    total = verify_circuit(circuit)["total"]
+    loop = [trial_counts(circuit, model, strength, k)[0] / total for k in keys]
+    assert result["accuracy_trials"] == [[1.0, 1.0, 1.0], loop]
+    assert min(loop) < 1.0  # the noise is strong enough to matter
+    np.testing.assert_allclose(result["accuracy_mean"][1], np.mean(loop))
+    json.dumps(result, allow_nan=False)

@@ -49,6 +49,7 @@ def circuit(study):
 # ------------------------------------------------------------------- the study
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_study_trains_deploys_verifies_and_compares(study):
     workdir, document = study
     reread = json.loads((workdir / "robustness.json").read_text())
@@ -103,6 +104,7 @@ def test_presets_thin_the_standard_sweeps():
 # ------------------------------------------------------------------- deploy and verify
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_run_directory_export_and_circuit_file_deploy_alike(study, circuit, tmp_path):
     workdir, _ = study
     run = optinc_jax.load_run(workdir / "approx")
@@ -120,6 +122,7 @@ def test_run_directory_export_and_circuit_file_deploy_alike(study, circuit, tmp_
     np.testing.assert_allclose(expected, optinc_jax.mlp_forward_numpy(arrays, x), atol=1e-4)
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_verify_reports_json_ready_numbers(circuit):
     report = verify_circuit(circuit)
     json.dumps(report, allow_nan=False)
@@ -135,6 +138,7 @@ def test_verify_reports_json_ready_numbers(circuit):
     assert 0 < report["min_decision_margin"] <= 0.5
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_deploy_refuses_missing_sources_and_nonfinite_weights(study, tmp_path):
     workdir, _ = study
     with pytest.raises(ValueError, match="does not exist"):
@@ -154,6 +158,7 @@ def test_deploy_refuses_missing_sources_and_nonfinite_weights(study, tmp_path):
 # ------------------------------------------------------------------- sweeps
 
 
+@pytest.mark.slow  # the default suite checks this on test_finetune's network
 @pytest.mark.parametrize(("model", "strength"), [("phase", 0.02), ("receiver", 0.2)])
 def test_vmapped_sweep_equals_a_python_loop_over_the_same_keys(circuit, model, strength):
     # Two trials, as in the study: the vmapped function is already compiled.
@@ -169,6 +174,7 @@ def test_vmapped_sweep_equals_a_python_loop_over_the_same_keys(circuit, model, s
     json.dumps(result, allow_nan=False)
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_sweep_arguments_are_checked(circuit):
     for kwargs, message in [
         ({"model": "heat"}, "model must be one of"),
@@ -208,6 +214,7 @@ def test_parse_sweep():
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # the module's study trains and sweeps two networks (~55 s)
 def test_plot_robustness(study, tmp_path):
     _, document = study
     results = list(document["sweeps"]["phase"].values())

@@ -1207,10 +1207,10 @@ def cascade_average_codes(cascade: Cascade, codes: jax.typing.ArrayLike) -> jax.
         at every level, ``floor((1/N_L) sum floor(... floor((1/N_1) sum u)))``.
 
     Examples:
-        >>> u = jnp.array([3, 3, 3, 0])  # sums 6 and 3 in the level-1 pairs
+        >>> u = jnp.array([1, 0, 1, 2])  # pair sums 1 and 3 floor to 0 and 1; 4 / 4 = 1
         >>> [int(cascade_average_codes(make_cascade(4, (2, 2), inputs=2, variant=v), u))
         ...  for v in ("exact", "naive")]
-        [2, 1]
+        [1, 0]
     """
     values = jnp.asarray(codes).astype(jnp.int32)
     if cascade.variant == "exact":
