@@ -8,6 +8,26 @@ Run them from the repository root (each writes ``OUT/<name>.json``):
   and exhaustive-evaluation throughput against the dense matmul peak.
 - ``python -m benchmarks.bench_scale --out runs/bench [--quick]``: evaluation throughput
   over 1-8 devices, training speed per scenario, evaluation memory.
+- ``python -m benchmarks.bench_collective --out runs/bench``: ``optinc_jax.pmean`` and the
+  simulated ring against ``lax.pmean``.
+- ``python -m benchmarks.bench_distributed --out runs/bench``: training steps per second
+  of the small ResNet through each all-reduce, against ``exact``.
+- ``python -m benchmarks.bench_robustness --out runs/bench``: noisy exhaustive evaluations,
+  vmapped over trials against a Python loop.
 
 They use the package's public functions only.
 """
+
+import os
+
+__all__ = ["force_host_devices"]
+
+
+def force_host_devices(count: int) -> None:
+    """Ask XLA for ``count`` virtual CPU devices, unless ``XLA_FLAGS`` already sets a count.
+
+    Takes effect only before JAX is imported: call it at the top of a benchmark's main.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()

@@ -27,12 +27,7 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-
-def _force_host_devices(count: int) -> None:
-    """Ask XLA for ``count`` virtual CPU devices (before JAX is imported)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+from benchmarks import force_host_devices
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +40,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":  # before JAX is imported, so the device count takes effect
-    _force_host_devices(_parse_args(sys.argv[1:]).servers)
+    force_host_devices(_parse_args(sys.argv[1:]).servers)
 
 import platform  # noqa: E402
 import statistics  # noqa: E402

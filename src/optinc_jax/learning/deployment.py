@@ -326,8 +326,7 @@ def parse_sweep(spec: str) -> tuple[float, ...]:
 def _trial(circuit, key, strength, *, model, dataset, chunk_size, transfer, calibrate):
     """``(correct, invalid)`` of one trial: perturb, build the matrices, every chunk."""
     noise = NOISE_MODELS[model]
-    if noise.perturb is not None:
-        circuit = noise.perturb(circuit, key, strength)
+    circuit = noise.apply_to_chip(circuit, key, strength)
     if calibrate:
         circuit = calibrate_gains(circuit, transfer=transfer)
     matrices = tuple(jnp.real(m) for m in circuit_matrices(circuit, transfer=transfer))
@@ -339,10 +338,7 @@ def _trial(circuit, key, strength, *, model, dataset, chunk_size, transfer, cali
         indices = jnp.where(valid, indices, 0)
         samples = dataset.samples(indices)
         y = forward_with_matrices(circuit, matrices, samples.inputs)
-        if noise.perturb_output is not None:
-            # One key per sample: the noise does not depend on the chunking.
-            keys = jax.vmap(functools.partial(jax.random.fold_in, key))(indices)
-            y = jax.vmap(lambda row, k: noise.perturb_output(row, k, strength))(y, keys)
+        y = noise.apply_to_outputs(y, key, indices, strength)
         predicted = reconstruct_average(receiver(y))
         correct += jnp.sum(valid & (predicted == samples.target), dtype=jnp.int32)
         invalid += jnp.sum(valid & (predicted < 0), dtype=jnp.int32)

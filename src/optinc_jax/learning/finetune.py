@@ -339,9 +339,7 @@ def _exhaustive(circuit, keys, strength, *, model, dataset, chunk_size, perturb)
     weights = symbol_weights(dataset.bits // 2, base=1.0)
 
     def trial(key):
-        chip = circuit
-        if perturb and noise.perturb is not None:
-            chip = noise.perturb(circuit, key, strength)
+        chip = noise.apply_to_chip(circuit, key, strength) if perturb else circuit
         matrices = tuple(jnp.real(m) for m in circuit_matrices(chip))
 
         def chunk(index, counts):
@@ -351,10 +349,8 @@ def _exhaustive(circuit, keys, strength, *, model, dataset, chunk_size, perturb)
             indices = jnp.where(valid, indices, 0)
             samples = dataset.samples(indices)
             y = forward_with_matrices(chip, matrices, samples.inputs)
-            if perturb and noise.perturb_output is not None:
-                # One key per sample, as in robustness_sweep.
-                sample_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(indices)
-                y = jax.vmap(lambda row, k: noise.perturb_output(row, k, strength))(y, sample_keys)
+            if perturb:  # the noise of robustness_sweep, drawn per sample the same way
+                y = noise.apply_to_outputs(y, key, indices, strength)
             predicted = reconstruct_average(receiver(y))
             correct += jnp.sum(valid & (predicted == samples.target), dtype=jnp.int32)
             error = (y - samples.target_symbols.astype(y.dtype)) ** 2 @ weights.astype(y.dtype)

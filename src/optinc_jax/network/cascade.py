@@ -54,11 +54,12 @@ from optinc_jax.encoding.cascade_dataset import (
     make_level_dataset,
     reachable_inputs,
 )
-from optinc_jax.encoding.dataset import Dataset, make_dataset_spec
+from optinc_jax.encoding.dataset import Dataset, Samples, make_dataset_spec
 from optinc_jax.encoding.pam4 import INVALID_CODE, decode_pam4, encode_pam4, num_symbols
 from optinc_jax.encoding.quantize import quantize_gradients
 from optinc_jax.encoding.units import grid_inputs, receiver
 from optinc_jax.learning.config import TrainConfig
+from optinc_jax.learning.evaluate import predict_values
 from optinc_jax.learning.trainer import TrainResult, train_onn
 from optinc_jax.photonics.area import onn_area
 from optinc_jax.scenarios import Scenario, get_scenario, make_scenario
@@ -1033,32 +1034,13 @@ class CascadeTable:
         return self.cascade.servers
 
 
-def _level_targets(dataset: Dataset) -> np.ndarray:
-    """Exact targets of every grid point of a level dataset, ``[size]`` int32."""
-    sample = jax.jit(lambda i: dataset.samples(i).target)
+def _tabulate(dataset: Dataset, values: Callable[[Samples], jax.Array]) -> np.ndarray:
+    """``values(samples) -> [n]`` int32 on every grid point of ``dataset``, in jitted chunks."""
+    compute = jax.jit(lambda indices: values(dataset.samples(indices)))
     out = np.empty(dataset.size, np.int32)
     for start in range(0, dataset.size, _TABLE_CHUNK):
         stop = min(start + _TABLE_CHUNK, dataset.size)
-        out[start:stop] = np.asarray(sample(jnp.arange(start, stop, dtype=jnp.int32)))
-    return out
-
-
-def _level_predictions(dataset: Dataset, level: CascadeLevel) -> np.ndarray:
-    """A level's received values on every grid point, ``[size]`` int32 (-1: invalid)."""
-    place = 4 ** np.arange(dataset.bits // 2, dtype=np.int32)
-
-    @jax.jit
-    def predict(params, indices):
-        symbols = receiver(level.apply_fn(params, dataset.samples(indices).inputs))
-        valid = jnp.all(symbols >= 0, axis=-1)
-        return jnp.where(valid, symbols @ place, INVALID_CODE)
-
-    out = np.empty(dataset.size, np.int32)
-    for start in range(0, dataset.size, _TABLE_CHUNK):
-        stop = min(start + _TABLE_CHUNK, dataset.size)
-        out[start:stop] = np.asarray(
-            predict(level.params, jnp.arange(start, stop, dtype=jnp.int32))
-        )
+        out[start:stop] = np.asarray(compute(jnp.arange(start, stop, dtype=jnp.int32)))
     return out
 
 
@@ -1089,16 +1071,20 @@ def cascade_table(
         >>> [t.shape for t in table.tables], table.accuracies
         ([(49,), (105,)], (1.0, 1.0))
     """
-    targets = [
-        _level_targets(cascade.level_dataset(level)) for level in range(1, cascade.num_levels + 1)
-    ]
+    datasets = [cascade.level_dataset(level) for level in range(1, cascade.num_levels + 1)]
+    targets = [_tabulate(dataset, lambda samples: samples.target) for dataset in datasets]
     if levels is None:
         values = targets
     else:
         _check_levels(cascade, levels)
         values = [
-            _level_predictions(cascade.level_dataset(i + 1), level)
-            for i, level in enumerate(levels)
+            _tabulate(  # the received values, as the trainer's exhaustive evaluation reads them
+                dataset,
+                lambda samples, level=level: predict_values(
+                    level.apply_fn, level.params, samples.inputs
+                ),
+            )
+            for dataset, level in zip(datasets, levels, strict=True)
         ]
         for i, table in enumerate(values):
             if np.any(table < 0):

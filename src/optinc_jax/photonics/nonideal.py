@@ -454,6 +454,23 @@ class NoiseModel(NamedTuple):
     random: bool = True
     integer: bool = False
 
+    def apply_to_chip(self, circuit: Circuit, key: jax.Array, strength: ArrayLike) -> Circuit:
+        """The circuit under this model (the same circuit for the receiver model)."""
+        return circuit if self.perturb is None else self.perturb(circuit, key, strength)
+
+    def apply_to_outputs(
+        self, y: jax.Array, key: jax.Array, sample_ids: jax.Array, strength: ArrayLike
+    ) -> jax.Array:
+        """Output amplitudes ``y [n, K]`` under this model (unchanged for chip models).
+
+        Sample ``i`` draws with ``fold_in(key, sample_ids[i])`` (``sample_ids [n]``
+        int32), so the noise of a sample does not depend on how the set is chunked.
+        """
+        if self.perturb_output is None:
+            return y
+        keys = jax.vmap(functools.partial(jax.random.fold_in, key))(sample_ids)
+        return jax.vmap(lambda row, k: self.perturb_output(row, k, strength))(y, keys)
+
 
 NOISE_MODELS: dict[str, NoiseModel] = {
     "phase": NoiseModel("phase", "rad", "Gaussian phase error (std, rad)", phase_error, None),
