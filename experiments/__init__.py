@@ -21,6 +21,12 @@ the repository root:
 
       python -m experiments.accelerator_check --out runs/accelerator_check
 
+- :mod:`experiments.training_dynamics`: why training stalls short of 100 %: accuracy,
+  per-symbol errors and margins over the epochs, and the inputs that stay wrong, for the
+  paper's uniform sampling and the focused presets (plus any finished run directory)::
+
+      python -m experiments.training_dynamics --quick --run-dir 8b8s=runs/8b8s
+
 Shared pieces: :mod:`experiments.configs` (presets), :mod:`experiments.tables` (rows,
 budgets, runs, markdown and figure of both tables), :mod:`experiments.devices` (the data
 mesh). The paper's numbers are read from :mod:`optinc_jax.paper`, never typed here.

@@ -4,10 +4,11 @@ A preset is a frozen config value; the command line picks one with ``--config NA
 changes single fields with flags such as ``--rows`` or ``--epochs``.
 
 Table budgets (:class:`TableConfig`, Tables I and II). A row whose dataset has at most
-``full_pass_samples`` samples trains with the default
-:class:`~optinc_jax.learning.config.TrainConfig` in full (up to 130 epochs of one pass,
-evaluated every epoch, stop at the first projected 100 %). A larger one is *capped*: it
-trains ``capped_epochs`` epochs (``None``: the default 130) of ``capped_steps_per_epoch``
+``full_pass_samples`` samples trains with its scenario's preset
+(:meth:`~optinc_jax.learning.config.TrainConfig.for_scenario`) in full (one pass per
+epoch, evaluated every epoch, stop at the first projected 100 %). A larger one is
+*capped*: it trains ``capped_epochs`` epochs (``None``: the preset's) of
+``capped_steps_per_epoch``
 steps (sampled with replacement when that is more than one pass), evaluated every
 ``capped_eval_every`` epochs (``None``: once, at the end); when the epochs are capped, loss
 stage 2 starts at :data:`SWITCH_FRACTION` of them, as in the default config.
@@ -56,9 +57,9 @@ class TableConfig:
 
     Attributes:
         preset: the preset's name, shown in every row's budget line.
-        full_pass_samples: datasets of at most this many samples train with the default
-            config in full; larger ones are capped (module docstring).
-        capped_epochs: epochs of a capped row; ``None`` keeps the default config's.
+        full_pass_samples: datasets of at most this many samples train with the scenario's
+            preset in full; larger ones are capped (module docstring).
+        capped_epochs: epochs of a capped row; ``None`` keeps the preset's.
         capped_steps_per_epoch: optimizer steps per epoch of a capped row.
         capped_eval_every: evaluation period of a capped row in epochs; ``None`` evaluates
             once, at the end.

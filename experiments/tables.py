@@ -119,7 +119,7 @@ def select_rows(rows: Sequence[PaperRow], names: Sequence[str] | None) -> list[P
 
 def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
     """The training config of one row on a budget, and a sentence describing the budget."""
-    train = TrainConfig(scenario=config.scenario or row.scenario, approx=row.approx)
+    train = TrainConfig.for_scenario(config.scenario or row.scenario, approx=row.approx)
     scenario = train.resolved_scenario()
     size = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs).size
     if size > config.full_pass_samples:
@@ -133,6 +133,8 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
                 else round(SWITCH_FRACTION * epochs)
             ),
             eval_every=config.capped_eval_every or epochs,
+            # a focused run rebuilds its hard set from a checkpoint: checkpoint on evaluations
+            checkpoint_every=config.capped_eval_every or epochs,
         )
         evaluations = (
             "one exhaustive evaluation at the end"
@@ -146,8 +148,8 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
         )
     else:
         budget = (
-            f"{config.preset}: default config (up to {train.epochs} epochs of one pass, "
-            "evaluated every epoch, stop at 100 %)"
+            f"{config.preset}: the scenario's preset (up to {train.epochs} epochs of one "
+            f"pass, focus {train.focus_fraction:g}, evaluated every epoch, stop at 100 %)"
         )
     if config.epochs is not None or config.steps_per_epoch is not None:
         epochs = config.epochs or train.epochs
@@ -156,6 +158,7 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
             steps_per_epoch=config.steps_per_epoch or train.steps_per_epoch,
             switch_epoch=min(train.switch_epoch, round(SWITCH_FRACTION * epochs)),
             eval_every=min(train.eval_every, epochs),
+            checkpoint_every=min(train.eval_every, epochs),
         )
         budget = (
             f"{config.preset}, overridden: {train.epochs} epochs x "

@@ -96,3 +96,15 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path):
         json.loads((killed_dir / "result.json").read_text())["history"]["loss"]
         == json.loads((straight_dir / "result.json").read_text())["history"]["loss"]
     )
+
+
+def test_train_focus_option_and_first_full_accuracy_line(tmp_path):
+    runner = CliRunner()
+    args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    trained = runner.invoke(main, [*args, "--focus", "0.25", "--out", str(tmp_path / "a")])
+    assert trained.exit_code == 0, trained.output
+    assert "projected 100 %" in trained.output  # reached (with its epoch) or not reached
+    record = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert record["config"]["focus_fraction"] == 0.25 and "first_full_accuracy" in record
+    bad = runner.invoke(main, [*args, "--focus", "1.5", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--focus" in bad.output and "Traceback" not in bad.output

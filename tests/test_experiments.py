@@ -121,7 +121,7 @@ def test_quick_budget_caps_large_datasets_only():
     quick = configs.table_preset("quick")
     small, budget = tables.row_config(table1.ROWS[1], quick)
     large, budget = tables.row_config(table1.ROWS[7], quick)
-    assert small == TrainConfig(scenario="8b4s")  # the default config in full
+    assert small == TrainConfig.for_scenario("8b4s")  # the scenario preset in full
     assert (large.epochs, large.steps_per_epoch, large.eval_every, large.switch_epoch) == (
         20,
         100,
@@ -131,7 +131,13 @@ def test_quick_budget_caps_large_datasets_only():
     assert budget.startswith("quick") and "one exhaustive evaluation at the end" in budget
     full, budget = tables.row_config(table1.ROWS[7], configs.table_preset("full"))
     assert full.steps_per_epoch == 2000
-    assert (full.epochs, full.eval_every, full.switch_epoch) == (130, 5, 80)
+    preset = TrainConfig.for_scenario("16b4s")  # full keeps the preset's schedule
+    assert (full.epochs, full.eval_every, full.switch_epoch) == (
+        preset.epochs,
+        5,
+        preset.switch_epoch,
+    )
+    assert full.focus_fraction == preset.focus_fraction and full.checkpoint_every == 5
     assert "evaluated every 5 epochs" in budget
     # 8b8s (390,625 samples) is capped by full, 8b4s (28,561) is not.
     assert tables.row_config(table1.ROWS[1], configs.table_preset("full"))[0] == small

@@ -268,9 +268,23 @@ def _format_training(record: dict[str, Any]) -> str:
             f"area ratio: {100 * record['area_ratio']:.2f} % "
             f"({record['mzis']:,} of {record['mzis_full']:,} MZIs)",
             f"epochs: {record['epochs']}, training time: {record['train_seconds']:.1f} s",
+            *_format_first_full(record),
             *_format_finetune_entry(record.get("noise_finetune")),
         ]
     )
+
+
+def _format_first_full(record: dict[str, Any]) -> list[str]:
+    """The line about a run's first projected 100 % (none for records that predate it)."""
+    if "first_full_accuracy" not in record:
+        return []
+    first = record["first_full_accuracy"]
+    if first is None:
+        return ["projected 100 % not reached"]
+    return [
+        f"first projected 100 %: epoch {first['epoch']}, after {first['train_seconds']:.1f} s "
+        "of training"
+    ]
 
 
 def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
@@ -314,6 +328,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
 @click.option("--seed", type=int, help="Initialization and sampling seed.")
 @click.option("--stage2", type=click.Choice(["hybrid", "literal", "ste"]), help="Stage-2 loss.")
 @click.option(
+    "--focus",
+    "focus_fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of each minibatch drawn from the wrong and low-margin inputs (0: uniform, "
+    "the paper's) [default: the scenario's preset].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -333,6 +354,7 @@ def train_command(
     steps_per_epoch: int | None,
     seed: int | None,
     stage2: str | None,
+    focus_fraction: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -342,6 +364,8 @@ def train_command(
     as_json: bool,
 ) -> None:
     """Train an OptINC ONN with hardware-aware projection and evaluate it exhaustively.
+
+    Unset options take the scenario's training preset (optinc_jax.TRAINING_PRESETS).
 
     With --noise-model the trained network is then deployed to MZI phases and fine-tuned
     under that noise (RUN_DIR/circuit_finetuned.npz; not in the paper).
@@ -355,6 +379,7 @@ def train_command(
         "steps_per_epoch": steps_per_epoch,
         "seed": seed,
         "stage2": stage2,
+        "focus_fraction": focus_fraction,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,
@@ -367,9 +392,7 @@ def train_command(
 
         overrides["noise_epochs"] = NoiseFinetuneConfig().epochs
     with one_line_errors():
-        config = TrainConfig(scenario=scenario, approx=approx_spec).replace(
-            **{key: value for key, value in overrides.items() if value is not None}
-        )
+        config = TrainConfig.for_scenario(scenario, approx=approx_spec, **overrides)
         result = train_onn(config, out_dir, resume=resume, progress=not quiet)
     record = {key: value for key, value in result.record.items() if key != "history"}
     record["run_dir"] = out_dir

@@ -15,7 +15,7 @@ import optax
 from optinc_jax.learning.loss import STAGE2_LOSSES, Stage2Loss
 from optinc_jax.photonics.area import parse_approx
 from optinc_jax.photonics.nonideal import NOISE_MODELS
-from optinc_jax.scenarios import Scenario, as_scenario, scenario_from_json
+from optinc_jax.scenarios import Scenario, as_scenario, scenario_from_json, training_preset
 from optinc_jax.validation import require_choice, require_int, require_real
 
 __all__ = [
@@ -89,10 +89,22 @@ class TrainConfig:
         noise_strength: its strength in the model's unit, ``>= 0``.
         noise_epochs: fine-tuning epochs; ``>= 1`` with a ``noise_model``, ``0`` without.
         noise_learning_rate: the fine-tuning's peak Adam learning rate, ``>= 0``.
+        focus_fraction: share of every minibatch drawn from the inputs that are wrong or
+            within ``focus_margin`` of a receiver threshold, rescored at every evaluation
+            (:mod:`optinc_jax.learning.focus`), in ``[0, 1)``; 0 samples uniformly. Not in
+            the paper (uniform sampling). ``checkpoint_every`` must then be a multiple of
+            ``eval_every``.
+        focus_margin: the decision margin, in symbol units, below which an input counts
+            as hard; in ``(0, 0.5]``.
+        stop_margin: with focus on, stop only at an evaluation that is 100 % *and* whose
+            smallest decision margin (symbol units) is at least this, in ``[0, 0.5]``;
+            ``first_full_accuracy`` still records the first 100 %. 0 stops at the first
+            100 %, as without focus.
 
-    The four ``noise_*`` fields are optional in records: :meth:`to_json` writes each only
-    when it differs from its default, so records of runs without fine-tuning are those of
-    earlier versions (and such runs resume), and :meth:`from_json` fills in the defaults.
+    The ``noise_*``, ``focus_*`` and ``stop_margin`` fields are optional in records:
+    :meth:`to_json` writes each only when it differs from its default, so records of runs
+    without fine-tuning or focus are those of earlier versions (and such runs resume), and
+    :meth:`from_json` fills in the defaults.
     """
 
     scenario: str | Scenario = "8b4s"
@@ -119,6 +131,9 @@ class TrainConfig:
     noise_strength: float = 0.0
     noise_epochs: int = 0
     noise_learning_rate: float = 2e-4
+    focus_fraction: float = 0.0
+    focus_margin: float = 0.25
+    stop_margin: float = 0.0
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -155,6 +170,21 @@ class TrainConfig:
                 f"stop_at_full_accuracy must be a bool, got {self.stop_at_full_accuracy!r}"
             )
         self._validate_noise()
+        require_real("focus_fraction", self.focus_fraction, low=0.0, high=1.0, high_inclusive=False)
+        require_real("focus_margin", self.focus_margin, low=0.0, high=0.5, low_inclusive=False)
+        require_real("stop_margin", self.stop_margin, low=0.0, high=0.5)
+        if self.stop_margin > 0 and self.focus_fraction == 0:
+            raise ValueError(
+                f"stop_margin ({self.stop_margin}) needs focus_fraction > 0 (the margin is "
+                "measured by the focus pass)"
+            )
+        if self.focus_fraction > 0 and self.checkpoint_every % self.eval_every:
+            # The hard set is rescored at every evaluation and rebuilt from the checkpoint
+            # on resume, so a checkpoint must fall on an evaluation epoch.
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of eval_every "
+                f"({self.eval_every}) with focus_fraction > 0"
+            )
 
     def _validate_noise(self) -> None:
         """Checks the ``noise_*`` fields (one ``ValueError`` naming the field)."""
@@ -180,6 +210,34 @@ class TrainConfig:
                 f"noise_strength must be a whole number of {noise.unit} for noise_model "
                 f"{self.noise_model!r}, got {self.noise_strength}"
             )
+
+    @classmethod
+    def for_scenario(cls, scenario: str | Scenario, **overrides) -> "TrainConfig":
+        """The config of a scenario's training preset, with some fields changed.
+
+        Args:
+            scenario: a registered name or a scenario value; its preset is
+                :func:`~optinc_jax.scenarios.training_preset` (none: the defaults).
+            **overrides: fields that replace the preset's (``None`` values are ignored,
+                as a command line passes unset options).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: on an unknown scenario, an unknown field or an invalid value.
+
+        Examples:
+            >>> TrainConfig.for_scenario("8b8s", seed=3).focus_fraction
+            0.25
+        """
+        fields = {field.name for field in dataclasses.fields(cls)} - {"scenario"}
+        given = {key: value for key, value in overrides.items() if value is not None}
+        values = {**training_preset(as_scenario(scenario)), **given}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown} for scenario {scenario!r}")
+        return cls(scenario=scenario, **values)
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""
@@ -247,7 +305,7 @@ class TrainConfig:
 _OPTIONAL_FIELDS: dict[str, Any] = {
     field.name: field.default
     for field in dataclasses.fields(TrainConfig)
-    if field.name.startswith("noise_")
+    if field.name.startswith(("noise_", "focus_", "stop_margin"))
 }
 """Fields a record may lack (added after the first version), with their defaults."""
 

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optinc_jax.encoding.dataset import Dataset
 from optinc_jax.learning.config import TrainConfig, make_optimizer
+from optinc_jax.learning.focus import HardSet, draw_epoch_indices, focus_draws
 from optinc_jax.learning.loss import symbol_weights, two_stage_loss
 
 __all__ = ["DATA_AXIS", "PERMUTATION_LIMIT", "TrainState", "train_epoch"]
@@ -63,6 +64,7 @@ def train_epoch(
     stage: int,
     steps: int,
     mesh: Mesh | None = None,
+    hard: HardSet | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of ``steps`` minibatches of the two-stage loss; jitted, state donated.
 
@@ -79,16 +81,23 @@ def train_epoch(
         stage: loss stage, 1 or 2.
         steps: optimizer steps in this epoch (the schedule spans ``config.epochs * steps``).
         mesh: optional device mesh with a ``"data"`` axis.
+        hard: the inputs to oversample (:func:`~optinc_jax.learning.focus.find_hard_samples`);
+            with ``config.focus_fraction > 0`` that share of every minibatch is drawn from
+            them. ``None``: every sample is drawn by the plain rule.
 
     Returns:
         ``(new_state, mean_loss)``.
     """
     tx = make_optimizer(config, config.epochs * steps)
-    draws = steps * config.batch_size
-    if dataset.size <= PERMUTATION_LIMIT and draws <= dataset.size:
-        indices = jax.random.permutation(key, dataset.size)[:draws]
-    else:
-        indices = jax.random.randint(key, (draws,), 0, dataset.size, dtype=jnp.int32)
+    indices = draw_epoch_indices(
+        key,
+        size=dataset.size,
+        steps=steps,
+        batch_size=config.batch_size,
+        permutation_limit=PERMUTATION_LIMIT,
+        focus=focus_draws(config.batch_size, config.focus_fraction),
+        hard=hard,
+    )
     weights = symbol_weights(dataset.bits // 2, base=config.symbol_weight_base)
 
     def step(state: TrainState, batch_indices: jax.Array):
@@ -110,7 +119,6 @@ def train_epoch(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
-    indices = indices.reshape(steps, config.batch_size)
     if mesh is not None:
         indices = jax.lax.with_sharding_constraint(
             indices, NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))

@@ -8,7 +8,15 @@ at a time. The selected weight matrices are projected onto diagonal x unitary bl
 *projected* network exhaustively, training stops at the first projected 100 %, and the
 final parameters are always projected. Checkpoints are written atomically and a killed run
 resumes from the last one with the same result it would have reached uninterrupted; a
-finished run asked to resume returns its stored result.
+finished run asked to resume returns its stored result. ``result.json`` records the epoch
+and the training seconds at which the projected network first reached 100 %
+(``first_full_accuracy``; ``null`` if it never did). Every evaluation during training is one
+pass of :func:`optinc_jax.learning.focus.find_hard_samples` (on one device; a mesh run
+without focus uses the sharded :func:`~optinc_jax.learning.evaluate.evaluate_exhaustive`):
+it counts the right inputs exactly and records per-symbol wrong counts, the number of
+inputs within ``focus_margin`` of a threshold and the smallest margin in the history; the
+error histogram is evaluated once, at the end. With ``TrainConfig.focus_fraction > 0`` a
+share of each following minibatch is drawn from those wrong and low-margin inputs.
 
 A run is safe to leave alone: one writer holds the run directory's lock for the run's
 lifetime (:mod:`optinc_jax.learning.run_lock`); a configuration that cannot fit in memory is
@@ -50,6 +58,7 @@ from optinc_jax.learning.finetune import (
     finetune_circuit,
     finetune_summary,
 )
+from optinc_jax.learning.focus import find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
 from optinc_jax.learning.projection import projection_diag_unitary
@@ -201,6 +210,17 @@ def _hardware_params(config: TrainConfig, approx_layers: tuple[int, ...], epoch:
     if projection_due(config, epoch):
         return params
     return _project(config, approx_layers, params)
+
+
+def _score_hard_samples(config: TrainConfig, setup: "TrainingSetup", epoch: int, params):
+    """The hard set of the hardware parameters after ``epoch`` epochs, with diagnostics."""
+    return find_hard_samples(
+        setup.apply_fn,
+        _hardware_params(config, setup.approx_layers, epoch, params),
+        setup.dataset,
+        margin=config.focus_margin,
+        chunk_size=config.eval_chunk_size or default_chunk_size(),
+    )
 
 
 def _dataset_description(dataset: Dataset) -> dict[str, Any]:
@@ -401,7 +421,8 @@ def _train_locked(
     config_json = config.to_json()
     history = {"loss": [], "eval_epoch": [], "accuracy": [], "switch_epoch": config.switch_epoch}
     checkpointer = TrainCheckpointer(workdir / CHECKPOINT_DIR)
-    start_epoch, train_seconds, done = 0, 0.0, False
+    start_epoch, train_seconds, done, first_full = 0, 0.0, False, None
+    hard = None
     try:
         if checkpointer.latest_epoch() is not None:
             if not resume:
@@ -422,6 +443,7 @@ def _train_locked(
                 )
             history, train_seconds = record["history"], record["train_seconds"]
             done = record["stopped_at_full_accuracy"]
+            first_full = record.get("first_full_accuracy")
             stored = _stored_result(workdir, config, start_epoch)
             if stored is not None and (done or start_epoch >= config.epochs):
                 params = _hardware_params(config, approx_layers, start_epoch, state.params)
@@ -432,6 +454,11 @@ def _train_locked(
             state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
         epoch, evaluation = start_epoch, None
+        if config.focus_fraction > 0 and start_epoch > 0:
+            # Rescored from the restored parameters (a checkpoint falls on an evaluation):
+            # a resumed run draws what the uninterrupted one drew. A fresh run samples
+            # uniformly until its first evaluation.
+            hard, _ = _score_hard_samples(config, setup, start_epoch, state.params)
         seed_key = jax.random.key(config.seed)
         bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
         while epoch < config.epochs and not done:
@@ -446,6 +473,7 @@ def _train_locked(
                 stage=stage,
                 steps=steps,
                 mesh=mesh,
+                hard=hard,
             )
             epoch += 1
             loss = float(loss)
@@ -458,17 +486,37 @@ def _train_locked(
                 _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
             history["loss"].append(loss)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
-                evaluation = evaluate_exhaustive(
-                    apply_fn,
-                    _hardware_params(config, approx_layers, epoch, state.params),
-                    dataset,
-                    chunk_size=config.eval_chunk_size,
-                    mesh=mesh,
-                    data_axis=DATA_AXIS,
-                )
+                margin = 0.0
+                if (mesh is None or config.focus_fraction > 0) and epoch < config.epochs:
+                    # One pass scores every input (the focused draw's hard set) and counts
+                    # the right ones exactly; the error histogram is evaluated at the end
+                    # (the last epoch's evaluation is that full one).
+                    scored, diagnostics = _score_hard_samples(config, setup, epoch, state.params)
+                    hard = scored if config.focus_fraction > 0 else None
+                    correct, margin = diagnostics.pop("correct"), diagnostics["min_margin"]
+                    history.setdefault("scored_epoch", []).append(epoch)
+                    for name, value in diagnostics.items():
+                        history.setdefault(name, []).append(value)
+                    evaluation = None
+                else:
+                    evaluation = evaluate_exhaustive(
+                        apply_fn,
+                        _hardware_params(config, approx_layers, epoch, state.params),
+                        dataset,
+                        chunk_size=config.eval_chunk_size,
+                        mesh=mesh,
+                        data_axis=DATA_AXIS,
+                    )
+                    correct = evaluation.correct
                 history["eval_epoch"].append(epoch)
-                history["accuracy"].append(evaluation.accuracy)
-                done = config.stop_at_full_accuracy and evaluation.correct == evaluation.total
+                history["accuracy"].append(correct / dataset.size)
+                full = correct == dataset.size
+                if full and first_full is None:
+                    first_full = {
+                        "epoch": epoch,
+                        "train_seconds": train_seconds + time.perf_counter() - tic,
+                    }
+                done = config.stop_at_full_accuracy and full and margin >= config.stop_margin
             train_seconds += time.perf_counter() - tic
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs or done:
                 checkpointer.save(
@@ -481,6 +529,7 @@ def _train_locked(
                         "history": history,
                         "train_seconds": train_seconds,
                         "stopped_at_full_accuracy": done,
+                        "first_full_accuracy": first_full,
                     },
                 )
             bar.update(1)
@@ -511,6 +560,7 @@ def _train_locked(
         "epochs": epoch,
         "steps_per_epoch": steps,
         "train_seconds": train_seconds,
+        "first_full_accuracy": first_full,
         "device": jax.devices()[0].platform,
         "devices": 1 if mesh is None else mesh.size,
         "dataset": _dataset_description(dataset),

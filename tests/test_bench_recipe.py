@@ -1,0 +1,38 @@
+"""Smoke test of benchmarks/bench_recipe.py on a tiny scenario (public API only)."""
+
+import pytest
+
+from benchmarks import bench_recipe
+from optinc_jax import TrainConfig, make_scenario, register_scenario
+
+register_scenario(
+    make_scenario("tiny-recipe", bits=4, servers=2, layers=(2, 8, 8, 2), approx=(2,), inputs=2),
+    overwrite=True,
+    training={"epochs": 2, "batch_size": 4, "focus_fraction": 0.25},
+)
+
+
+@pytest.mark.slow
+def test_epoch_cost_adds_up_its_parts():
+    row = bench_recipe.epoch_cost("tiny-recipe")
+    assert row["size"] == 49 and row["steps_per_epoch"] == 49 // 4 and row["approx"] == [2]
+    parts = (
+        row["steps_per_epoch"] * row["step_seconds"]
+        + row["size"] * row["score_seconds_per_sample"]
+        + row["projection_seconds"]
+    )
+    assert row["epoch_seconds"] == parts and row["train_flops_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_time_to_full_accuracy_records_every_run():
+    configs = {
+        "a": TrainConfig.for_scenario("tiny-recipe"),
+        "b": TrainConfig.for_scenario("tiny-recipe", focus_fraction=0.0),
+    }
+    rows = bench_recipe.time_to_full_accuracy(configs, [0, 1])
+    assert [(r["label"], r["seed"]) for r in rows] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    for row in rows:
+        assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
+        # the recorded first 100 % is consistent with the final accuracy
+        assert (row["first_full_accuracy"] is not None) >= (row["accuracy"] == 1.0)
