@@ -43,8 +43,9 @@ from optinc_jax.learning.trainer import build_training
 
 __all__ = ["SubsetDataset", "epoch_cost", "main", "time_to_full_accuracy"]
 
-STEP_SAMPLES = 20
-"""Optimizer steps timed per scenario (after a compiling call)."""
+STEP_COUNTS = (20, 120)
+"""Optimizer steps of the two timed calls per scenario: their difference gives the cost of
+a step, free of the epoch's fixed costs (the draw of the indices, the call itself)."""
 
 SCORE_SAMPLES = 1 << 16
 """Samples of the timed scoring pass per scenario."""
@@ -122,27 +123,34 @@ def epoch_cost(scenario: str, *, approx: str | None = None) -> dict[str, Any]:
         approx: its approximated matrices (``None``: the scenario's own).
 
     Returns:
-        ``scenario, size, steps_per_epoch, step_seconds, score_seconds_per_sample,
-        projection_seconds, epoch_seconds`` (their sum over one epoch: every step, one
-        scoring pass, one projection) and ``train_flops_per_s`` (rate of the steps).
+        ``scenario, size, steps_per_epoch, step_seconds`` (the slope between two step
+        counts), ``epoch_fixed_seconds`` (the rest of a call: the index draw),
+        ``score_seconds_per_sample, projection_seconds, epoch_seconds`` (their sum over
+        one epoch: every step, the fixed part, one scoring pass, one projection) and
+        ``train_flops_per_s`` (rate of the steps).
     """
-    config = TrainConfig.for_scenario(scenario, approx=approx, steps_per_epoch=STEP_SAMPLES)
-    setup = build_training(config)
-    state = [setup.initial_state]
+    times = {}
+    for count in STEP_COUNTS:
+        config = TrainConfig.for_scenario(scenario, approx=approx, steps_per_epoch=count)
+        setup = build_training(config)
+        state = [setup.initial_state]
 
-    def steps():
-        state[0], loss = train_epoch(
-            state[0],
-            jax.random.key(0),
-            apply_fn=setup.apply_fn,
-            dataset=setup.dataset,
-            config=config,
-            stage=1,
-            steps=STEP_SAMPLES,
-        )
-        return loss
+        def steps(config=config, setup=setup, state=state, count=count):
+            state[0], loss = train_epoch(
+                state[0],
+                jax.random.key(0),
+                apply_fn=setup.apply_fn,
+                dataset=setup.dataset,
+                config=config,
+                stage=1,
+                steps=count,
+            )
+            return loss
 
-    step_seconds = _best_time(steps) / STEP_SAMPLES
+        times[count] = _best_time(steps)
+    few, many = STEP_COUNTS
+    step_seconds = (times[many] - times[few]) / (many - few)
+    fixed_seconds = max(times[few] - few * step_seconds, 0.0)
     subset = SubsetDataset(setup.dataset, min(SCORE_SAMPLES, setup.dataset.size))
     params = state[0].params
     score = _best_time(
@@ -167,7 +175,9 @@ def epoch_cost(scenario: str, *, approx: str | None = None) -> dict[str, Any]:
         "step_seconds": step_seconds,
         "score_seconds_per_sample": score / subset.size,
         "projection_seconds": projection,
+        "epoch_fixed_seconds": fixed_seconds,
         "epoch_seconds": full_steps * step_seconds
+        + fixed_seconds
         + setup.dataset.size * score / subset.size
         + projection,
         "train_flops_per_s": 6 * macs * config.batch_size / step_seconds,

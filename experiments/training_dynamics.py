@@ -45,7 +45,7 @@ from optinc_jax.learning.focus import find_hard_samples, symbol_margins
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import RESULT_FILE, load_run, train_onn
 
-__all__ = ["PRESETS", "DynamicsConfig", "analyze_run", "main", "run"]
+__all__ = ["PRESETS", "DynamicsConfig", "analyze_run", "main", "run", "symbol_periods"]
 
 TARGET_BINS = 8
 """The target range ``[0, 2^B)`` is split into this many equal bins for the wrong rates."""
@@ -101,6 +101,38 @@ PRESETS: dict[str, DynamicsConfig] = {
 """Budgets by name (module docstring)."""
 
 
+def symbol_periods(bits: int, servers: int) -> list[float]:
+    """How many times each output symbol of ``floor(S / N)`` wraps around over the inputs.
+
+    The ONN's inputs are the per-symbol sums ``s_j`` in ``[0, 3N]`` (``S = sum_j 4^j
+    s_j``). Output symbol ``k`` is ``floor((S mod m) / (N 4^k))`` with ``m = 4^(k+1) N``:
+    a sawtooth of the inputs ``j`` whose place value ``4^j`` is not a multiple of ``m``.
+    Over the grid, their weighted sum spans ``3N sum_j 4^j``, i.e. this many periods of
+    ``m``; a value below 1 is a staircase that never wraps. For one ONN input per symbol
+    (``r = 1``).
+
+    Args:
+        bits: B (even).
+        servers: N (a power of two).
+
+    Returns:
+        ``[K]`` periods, least significant symbol first.
+
+    Examples:
+        >>> symbol_periods(8, 4)
+        [3.75, 3.9375, 3.984375, 0.99609375]
+        >>> symbol_periods(8, 8)[:2]
+        [15.75, 15.9375]
+    """
+    symbols = bits // 2
+    periods = []
+    for k in range(symbols):
+        modulus = 4 ** (k + 1) * servers
+        span = sum(4**j for j in range(symbols) if 4**j % modulus) * 3 * servers
+        periods.append(span / modulus)
+    return periods
+
+
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
 
@@ -148,6 +180,7 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
         "train_seconds": record["train_seconds"],
         "first_full_accuracy": record.get("first_full_accuracy"),
         "switch_epoch": record["history"]["switch_epoch"],
+        "symbol_periods": symbol_periods(loaded.scenario.bits, loaded.scenario.servers),
         "history": record["history"],
         "final": {
             "wrong": int(wrong.sum()),
@@ -206,7 +239,8 @@ def _plot(analyses: Sequence[dict[str, Any]], path: Path) -> None:
         wrong_ax.axvline(analysis["switch_epoch"], color=color, ls=":", lw=1)
         if "symbol_errors" in history:
             symbols = np.asarray(history["symbol_errors"])
-            scored = np.asarray(history["scored_epoch"])
+            # runs of earlier versions scored every evaluation and did not list them
+            scored = np.asarray(history.get("scored_epoch", epochs[: len(symbols)]))
             for k in range(symbols.shape[1]):
                 symbol_ax.semilogy(
                     scored,

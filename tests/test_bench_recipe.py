@@ -18,6 +18,7 @@ def test_epoch_cost_adds_up_its_parts():
     assert row["size"] == 49 and row["steps_per_epoch"] == 49 // 4 and row["approx"] == [2]
     parts = (
         row["steps_per_epoch"] * row["step_seconds"]
+        + row["epoch_fixed_seconds"]
         + row["size"] * row["score_seconds_per_sample"]
         + row["projection_seconds"]
     )

@@ -219,3 +219,19 @@ def test_focused_run_resumes_to_the_uninterrupted_result(straight, tmp_path):
         assert resumed.record["history"][name] == values, name
     assert resumed.record["first_full_accuracy"]["epoch"] == first
     assert {k for k in resumed.record["first_full_accuracy"]} == {"epoch", *ignore}
+
+
+def test_stop_margin_stops_at_the_first_wide_enough_100_percent(straight, tmp_path):
+    config, result = straight
+    history = result.record["history"]
+    accuracy = dict(zip(history["eval_epoch"], history["accuracy"], strict=True))
+    margins = dict(zip(history["scored_epoch"], history["min_margin"], strict=True))
+    wide = [e for e, m in margins.items() if accuracy[e] == 1.0 and m >= 0.1]
+    expected = min(wide) if wide else config.epochs
+    stopped = train_onn(
+        config.replace(stop_at_full_accuracy=True, stop_margin=0.1), tmp_path, progress=False
+    )
+    # stopping does not change the trajectory: the same epochs, and no earlier stop
+    assert stopped.epochs == expected
+    first = result.record["first_full_accuracy"]["epoch"]
+    assert stopped.record["first_full_accuracy"]["epoch"] == first <= expected

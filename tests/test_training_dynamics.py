@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import training_dynamics
@@ -33,3 +34,22 @@ def test_run_dir_argument_is_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         training_dynamics.main(["--config", "smoke", "--run-dir", f"x={tmp_path}"])
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_symbol_periods_against_brute_force():
+    # count the wraps of each output symbol along the inputs' weighted sum by brute force
+    for bits, servers in ((4, 2), (6, 4), (8, 4), (8, 8)):
+        symbols = bits // 2
+        grid = np.stack(
+            np.meshgrid(*[np.arange(3 * servers + 1)] * symbols, indexing="ij"), axis=-1
+        ).reshape(-1, symbols)
+        total = grid @ (4 ** np.arange(symbols))
+        periods = training_dynamics.symbol_periods(bits, servers)
+        for k, expected in enumerate(periods):
+            modulus = 4 ** (k + 1) * servers
+            weights = np.array([4**j if (4**j) % modulus else 0 for j in range(symbols)])
+            span = (grid @ weights).max()
+            assert span / modulus == expected
+            # the symbol is the sawtooth of that sum (the other inputs add multiples of m)
+            symbol = (total // (servers * 4**k)) % 4
+            assert np.array_equal(symbol, ((grid @ weights) % modulus) // (servers * 4**k))
