@@ -221,6 +221,7 @@ def test_focused_run_resumes_to_the_uninterrupted_result(straight, tmp_path):
     assert {k for k in resumed.record["first_full_accuracy"]} == {"epoch", *ignore}
 
 
+@pytest.mark.slow
 def test_stop_margin_stops_at_the_first_wide_enough_100_percent(straight, tmp_path):
     config, result = straight
     history = result.record["history"]
