@@ -73,8 +73,8 @@ def symbol_margins(y: ArrayLike, target_symbols: ArrayLike) -> jax.Array:
         ``[..., K]`` margins (dtype of ``y``).
 
     Examples:
-        >>> symbol_margins(jnp.array([0.1, 1.4, 3.9, -5.0]), jnp.array([1, 1, 3, 0]))
-        Array([-0.4,  0.1,  1.4,  5.5], dtype=float32)
+        >>> symbol_margins(jnp.array([0.25, 1.25, 3.75, -5.0]), jnp.array([1, 1, 3, 0]))
+        Array([-0.25,  0.25,  1.25,  5.5 ], dtype=float32)
     """
     y = jnp.asarray(y)
     y = y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(jnp.float32)
