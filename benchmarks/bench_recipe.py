@@ -36,7 +36,13 @@ from typing import Any, NamedTuple
 
 import jax
 
-from optinc_jax import TrainConfig, find_hard_samples, get_scenario, train_onn
+from optinc_jax import (
+    TrainConfig,
+    find_hard_samples,
+    get_scenario,
+    projection_diag_unitary,
+    train_onn,
+)
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.step import train_epoch
 from optinc_jax.learning.trainer import build_training
@@ -156,8 +162,6 @@ def epoch_cost(scenario: str, *, approx: str | None = None) -> dict[str, Any]:
     score = _best_time(
         lambda: find_hard_samples(setup.apply_fn, params, subset, margin=0.25)[0].count
     )
-    from optinc_jax import projection_diag_unitary
-
     projection = (
         _best_time(lambda: projection_diag_unitary(params, setup.approx_layers), repeats=2)
         if setup.approx_layers

@@ -11,16 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optinc_jax import make_scenario, receiver, register_scenario
-from optinc_jax.encoding.dataset import Samples
-from optinc_jax.learning.config import TrainConfig
-from optinc_jax.learning.focus import (
+from optinc_jax import (
     HardSet,
     draw_epoch_indices,
     find_hard_samples,
     focus_draws,
+    make_scenario,
+    receiver,
+    register_scenario,
     symbol_margins,
 )
+from optinc_jax.encoding.dataset import Samples
+from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.trainer import train_onn
 
 register_scenario(
