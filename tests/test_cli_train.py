@@ -108,3 +108,25 @@ def test_train_focus_option_and_first_full_accuracy_line(tmp_path):
     assert record["config"]["focus_fraction"] == 0.25 and "first_full_accuracy" in record
     bad = runner.invoke(main, [*args, "--focus", "1.5", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "--focus" in bad.output and "Traceback" not in bad.output
+
+
+def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp_path):
+    runner = CliRunner()
+    args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    options = [
+        *("--learning-rate", "0.002", "--switch-epoch", "1"),
+        *("--warmup", "0.1", "--symbol-tolerance", "0.2"),
+    ]
+    trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
+    assert trained.exit_code == 0, trained.output
+    config = json.loads((tmp_path / "a" / "result.json").read_text())["config"]
+    assert config["learning_rate"] == 0.002 and config["switch_epoch"] == 1
+    assert config["warmup_fraction"] == 0.1 and config["symbol_tolerance"] == 0.2
+    for option, value, name in [
+        ("--symbol-tolerance", "0.5", "symbol_tolerance"),
+        ("--warmup", "1.0", "warmup_fraction"),
+        ("--learning-rate", "nan", "learning_rate"),
+    ]:
+        bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
+        assert bad.exit_code != 0 and "Traceback" not in bad.output
+        assert name in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output

@@ -37,6 +37,8 @@ CUSTOM = make_scenario("never-registered", bits=4, servers=3, layers=(2, 16, 2),
         ({"scenario": "nope"}, "unknown scenario 'nope'"),
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"stop_at_full_accuracy": 1}, "stop_at_full_accuracy must be a bool"),
+        ({"symbol_tolerance": 0.5}, "symbol_tolerance must be a finite number in \\[0.0, 0.5\\)"),
+        ({"symbol_tolerance": -0.1}, "symbol_tolerance"),
     ],
 )
 def test_invalid_fields_are_refused_by_name(changes, message):
@@ -97,3 +99,13 @@ def test_record_of_another_version_is_refused():
         TrainConfig.from_json({k: v for k, v in document.items() if k != "seed"})
     with pytest.raises(ValueError, match=r"unknown keys \['momentum'\]"):
         TrainConfig.from_json({**document, "momentum": 0.9})
+
+
+def test_symbol_tolerance_is_optional_in_records_and_round_trips():
+    plain = TrainConfig().to_json()
+    assert "symbol_tolerance" not in plain  # records of earlier versions still match
+    assert TrainConfig.from_json(plain).symbol_tolerance == 0.0
+    zoned = TrainConfig(symbol_tolerance=0.25)
+    document = json.loads(json.dumps(zoned.to_json(), allow_nan=False))
+    assert document["symbol_tolerance"] == 0.25
+    assert TrainConfig.from_json(document) == zoned

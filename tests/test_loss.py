@@ -2,6 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from optinc_jax import (
     reconstruction_mse,
@@ -70,3 +73,55 @@ def test_stage_validation():
         two_stage_loss(*args, stage=3, bits=4, weights=symbol_weights(2))
     with pytest.raises(ValueError, match="stage2"):
         two_stage_loss(*args, stage=2, bits=4, weights=symbol_weights(2), stage2="x")
+
+
+def test_symbol_tolerance_is_a_dead_zone_brute_force():
+    rng = np.random.default_rng(3)
+    y = rng.uniform(-1.0, 4.0, size=(64, 4)).astype(np.float32)
+    symbols = rng.integers(0, 4, size=(64, 4))
+    weights = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    for tolerance in (0.0, 0.1, 0.25, 0.45):
+        expected = np.mean(
+            [
+                sum(
+                    weights[k] * max(abs(float(y[s, k]) - symbols[s, k]) - tolerance, 0.0) ** 2
+                    for k in range(4)
+                )
+                for s in range(64)
+            ]
+        )
+        got = weighted_symbol_mse(y, symbols, weights, tolerance=tolerance)
+        assert float(got) == pytest.approx(expected, rel=1e-5)
+    # tolerance 0 is exactly the paper's MSE
+    assert float(weighted_symbol_mse(y, symbols, weights, tolerance=0.0)) == float(
+        weighted_symbol_mse(y, symbols, weights)
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    y=arrays(np.float32, (8, 2), elements=st.floats(-2, 5, width=32)),
+    tolerance=st.floats(0.0, 0.49),
+)
+def test_symbol_tolerance_never_raises_the_loss_and_vanishes_inside_the_zone(y, tolerance):
+    symbols = np.clip(np.round(y), 0, 3).astype(np.int32)
+    weights = symbol_weights(2)
+    with_zone = float(weighted_symbol_mse(y, symbols, weights, tolerance=tolerance))
+    assert with_zone <= float(weighted_symbol_mse(y, symbols, weights)) + 1e-7
+    inside = np.clip(y, symbols - 0.99 * tolerance, symbols + 0.99 * tolerance).astype(np.float32)
+    assert float(weighted_symbol_mse(inside, symbols, weights, tolerance=tolerance)) == 0.0
+
+
+def test_symbol_tolerance_reaches_both_stages_and_is_validated():
+    y = jnp.array([[0.2, 2.0]])
+    symbols, target, weights = jnp.array([[0, 2]]), jnp.array([8]), symbol_weights(2)
+    for stage in (1, 2):
+        plain = two_stage_loss(y, symbols, target, stage=stage, bits=4, weights=weights)
+        zoned = two_stage_loss(
+            y, symbols, target, stage=stage, bits=4, weights=weights, tolerance=0.25
+        )
+        assert float(zoned) < float(plain)
+    with pytest.raises(ValueError, match="tolerance"):
+        weighted_symbol_mse(y, symbols, weights, tolerance=0.5)
+    with pytest.raises(ValueError, match="tolerance"):
+        weighted_symbol_mse(y, symbols, weights, tolerance=-0.1)

@@ -334,6 +334,22 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     help="Share of each minibatch drawn from the wrong and low-margin inputs (0: uniform, "
     "the paper's) [default: the scenario's preset].",
 )
+@click.option("--learning-rate", type=float, help="Peak Adam learning rate.")
+@click.option(
+    "--switch-epoch", type=click.IntRange(min=0), help="First epoch of loss stage 2 (E1)."
+)
+@click.option(
+    "--warmup",
+    "warmup_fraction",
+    type=float,
+    help="Share of all steps spent warming the learning rate up, in [0, 1).",
+)
+@click.option(
+    "--symbol-tolerance",
+    type=float,
+    help="Dead zone of the per-symbol loss, in symbol units, in [0, 0.5) (0: the paper's "
+    "plain MSE).",
+)
 @click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
@@ -355,6 +371,10 @@ def train_command(
     seed: int | None,
     stage2: str | None,
     focus_fraction: float | None,
+    learning_rate: float | None,
+    switch_epoch: int | None,
+    warmup_fraction: float | None,
+    symbol_tolerance: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -380,6 +400,10 @@ def train_command(
         "seed": seed,
         "stage2": stage2,
         "focus_fraction": focus_fraction,
+        "learning_rate": learning_rate,
+        "switch_epoch": switch_epoch,
+        "warmup_fraction": warmup_fraction,
+        "symbol_tolerance": symbol_tolerance,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

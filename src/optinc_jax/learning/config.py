@@ -100,11 +100,15 @@ class TrainConfig:
             smallest decision margin (symbol units) is at least this, in ``[0, 0.5]``;
             ``first_full_accuracy`` still records the first 100 %. 0 stops at the first
             100 %, as without focus.
+        symbol_tolerance: dead zone of the per-symbol loss term, in symbol units, in
+            ``[0, 0.5)``: outputs within it of their symbol cost nothing
+            (:func:`~optinc_jax.learning.loss.weighted_symbol_mse`). Differs from the
+            paper (plain MSE, 0, the default).
 
-    The ``noise_*``, ``focus_*`` and ``stop_margin`` fields are optional in records:
-    :meth:`to_json` writes each only when it differs from its default, so records of runs
-    without fine-tuning or focus are those of earlier versions (and such runs resume), and
-    :meth:`from_json` fills in the defaults.
+    The ``noise_*``, ``focus_*``, ``stop_margin`` and ``symbol_tolerance`` fields are
+    optional in records: :meth:`to_json` writes each only when it differs from its default,
+    so records of runs without fine-tuning, focus or a dead zone are those of earlier
+    versions (and such runs resume), and :meth:`from_json` fills in the defaults.
     """
 
     scenario: str | Scenario = "8b4s"
@@ -134,6 +138,7 @@ class TrainConfig:
     focus_fraction: float = 0.0
     focus_margin: float = 0.25
     stop_margin: float = 0.0
+    symbol_tolerance: float = 0.0
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -173,6 +178,9 @@ class TrainConfig:
         require_real("focus_fraction", self.focus_fraction, low=0.0, high=1.0, high_inclusive=False)
         require_real("focus_margin", self.focus_margin, low=0.0, high=0.5, low_inclusive=False)
         require_real("stop_margin", self.stop_margin, low=0.0, high=0.5)
+        require_real(
+            "symbol_tolerance", self.symbol_tolerance, low=0.0, high=0.5, high_inclusive=False
+        )
         if self.stop_margin > 0 and self.focus_fraction == 0:
             raise ValueError(
                 f"stop_margin ({self.stop_margin}) needs focus_fraction > 0 (the margin is "
@@ -305,7 +313,7 @@ class TrainConfig:
 _OPTIONAL_FIELDS: dict[str, Any] = {
     field.name: field.default
     for field in dataclasses.fields(TrainConfig)
-    if field.name.startswith(("noise_", "focus_", "stop_margin"))
+    if field.name.startswith(("noise_", "focus_", "stop_margin", "symbol_tolerance"))
 }
 """Fields a record may lack (added after the first version), with their defaults."""
 

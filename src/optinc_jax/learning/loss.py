@@ -55,18 +55,38 @@ def symbol_weights(num_symbols: int, *, base: float = 2.0) -> jax.Array:
     return raw / raw.sum()
 
 
-def weighted_symbol_mse(y: ArrayLike, target_symbols: ArrayLike, weights: ArrayLike) -> jax.Array:
-    """Stage-1 loss ``mean_s sum_k w_k (y_sk - t_sk)^2``.
+def weighted_symbol_mse(
+    y: ArrayLike, target_symbols: ArrayLike, weights: ArrayLike, *, tolerance: float = 0.0
+) -> jax.Array:
+    """Stage-1 loss ``mean_s sum_k w_k max(|y_sk - t_sk| - tolerance, 0)^2``.
+
+    With ``tolerance`` 0 (the default) this is the paper's weighted MSE. A positive
+    tolerance is a dead zone: an output within ``tolerance`` of its symbol costs nothing,
+    so the gradient goes to the outputs near or past a receiver threshold (0.5 away).
+    Differs from the paper (plain MSE); not the default.
 
     Args:
         y: raw outputs ``[batch, K]``.
         target_symbols: PAM4 target symbols ``[batch, K]``.
         weights: ``[K]`` per-symbol weights.
+        tolerance: dead-zone half-width in symbol units, in ``[0, 0.5)``.
 
     Returns:
         Scalar loss (squared symbol units).
+
+    Raises:
+        ValueError: on a tolerance outside ``[0, 0.5)``.
+
+    Examples:
+        >>> y = jnp.array([[0.25, 2.0], [1.75, 3.0]])
+        >>> t = jnp.array([[0, 2], [1, 3]])
+        >>> print(weighted_symbol_mse(y, t, jnp.array([1.0, 0.0]), tolerance=0.25))
+        0.125
     """
+    tolerance = require_real("tolerance", tolerance, low=0.0, high=0.5, high_inclusive=False)
     error = jnp.asarray(y) - jnp.asarray(target_symbols, jnp.asarray(y).dtype)
+    if tolerance:
+        error = jnp.maximum(jnp.abs(error) - tolerance, 0.0)
     return jnp.mean(error**2 @ jnp.asarray(weights, error.dtype))
 
 
@@ -114,6 +134,7 @@ def two_stage_loss(
     bits: int,
     weights: ArrayLike,
     stage2: Stage2Loss = "hybrid",
+    tolerance: float = 0.0,
 ) -> jax.Array:
     """The ONN loss of the given stage.
 
@@ -127,6 +148,8 @@ def two_stage_loss(
         stage2: ``"hybrid"`` (per-symbol term plus reconstruction MSE, the default),
             ``"literal"`` (reconstruction MSE alone, as the paper writes it) or ``"ste"``
             (per-symbol term plus reconstruction of straight-through-rounded symbols).
+        tolerance: dead zone of the per-symbol term (:func:`weighted_symbol_mse`); the
+            reconstruction terms have none.
 
     Returns:
         Scalar loss.
@@ -137,13 +160,13 @@ def two_stage_loss(
     stage = require_choice("stage", stage, (1, 2))
     stage2 = require_choice("stage2", stage2, STAGE2_LOSSES)
     if stage == 1:
-        return weighted_symbol_mse(y, target_symbols, weights)
+        return weighted_symbol_mse(y, target_symbols, weights, tolerance=tolerance)
     if stage2 == "literal":
         return reconstruction_mse(y, target, bits=bits)
     if stage2 == "hybrid":
-        return weighted_symbol_mse(y, target_symbols, weights) + reconstruction_mse(
-            y, target, bits=bits
-        )
-    return weighted_symbol_mse(y, target_symbols, weights) + rounded_reconstruction_mse(
-        y, target, bits=bits
-    )
+        return weighted_symbol_mse(
+            y, target_symbols, weights, tolerance=tolerance
+        ) + reconstruction_mse(y, target, bits=bits)
+    return weighted_symbol_mse(
+        y, target_symbols, weights, tolerance=tolerance
+    ) + rounded_reconstruction_mse(y, target, bits=bits)

@@ -113,6 +113,7 @@ def train_epoch(
                 bits=dataset.bits,
                 weights=weights,
                 stage2=config.stage2,
+                tolerance=config.symbol_tolerance,
             )
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
