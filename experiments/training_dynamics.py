@@ -16,12 +16,13 @@ run), and for each:
   threshold, the smallest decision margin; the epoch where loss stage 2 starts;
 * reloads the final projected network and scores every input: which symbol positions are
   wrong, how the wrong inputs spread over the target value (is it the large sums?), and
-  the error values ``t_hat - t``.
+  the error values ``t_hat - t``, and the wrong-input rate at each value of each ONN
+  input (do the stragglers sit at the edges of the input cube?).
 
 Writes ``OUT/training_dynamics.json`` (strict JSON) and ``OUT/training_dynamics.png``
 (wrong inputs, per-symbol wrong counts and smallest margin over the epochs; wrong-input
-rate by target value at the end). Runs trained here lie in ``OUT/runs/<label>/`` and are
-resumed (reused when finished) on a second call.
+rate by target value and by the value of each input at the end). Runs trained here lie
+in ``OUT/runs/<label>/`` and are resumed (reused when finished) on a second call.
 """
 
 import os
@@ -149,7 +150,9 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
         A JSON-ready dict: ``label``, ``scenario``, ``approx``, ``config``,
         ``first_full_accuracy``, ``history`` (as recorded), ``switch_epoch`` and ``final``
         (``wrong``, ``hard``, ``wrong_by_symbol``, ``wrong_rate_by_target`` over
-        :data:`TARGET_BINS` bins, ``error_values`` as ``{t_hat - t: count}``).
+        :data:`TARGET_BINS` bins, ``error_values`` as ``{t_hat - t: count}``,
+        ``wrong_by_input_value``: per ONN input, its grid values with the count of inputs
+        and of wrong ones at each, and their ratio).
     """
     run_dir = Path(run_dir)
     record = json.loads((run_dir / RESULT_FILE).read_text())
@@ -168,6 +171,8 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
     per_bin = np.histogram(everything, bins=TARGET_BINS, range=(0, top))[0]
     wrong_per_bin = np.histogram(target[wrong], bins=TARGET_BINS, range=(0, top))[0]
     errors = Counter(int(e) for e in (predicted - target)[wrong])
+    wrong_indices = np.asarray(hard.indices)[: diagnostics["hard_count"]][wrong]
+    all_inputs = np.asarray(dataset.samples(jnp.arange(dataset.size, dtype=jnp.int32)).inputs)
     return {
         "label": label,
         "run_dir": str(run_dir),
@@ -192,7 +197,24 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
                 float(w / n) if n else 0.0 for w, n in zip(wrong_per_bin, per_bin, strict=True)
             ],
             "error_values": {str(k): v for k, v in sorted(errors.items())},
+            "wrong_by_input_value": [
+                _wrong_by_value(all_inputs[:, column], wrong_indices)
+                for column in range(all_inputs.shape[1])
+            ],
         },
+    }
+
+
+def _wrong_by_value(column: np.ndarray, wrong_indices: np.ndarray) -> dict[str, list]:
+    """Wrong inputs per value of one ONN input: ``values``, ``count``, ``wrong``, ``rate``."""
+    values, inverse = np.unique(column, return_inverse=True)
+    count = np.bincount(inverse, minlength=len(values))
+    wrong = np.bincount(inverse[wrong_indices], minlength=len(values))
+    return {
+        "values": [float(v) for v in values],
+        "count": [int(c) for c in count],
+        "wrong": [int(w) for w in wrong],
+        "rate": [float(w / c) for w, c in zip(wrong, count, strict=True)],
     }
 
 
@@ -228,8 +250,9 @@ def _plot(analyses: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    wrong_ax, symbol_ax, margin_ax, target_ax = axes.ravel()
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
+    wrong_ax, symbol_ax, margin_ax, target_ax, input_ax, spare_ax = axes.ravel()
+    spare_ax.axis("off")
     for index, analysis in enumerate(analyses):
         color = f"C{index}"
         history = analysis["history"]
@@ -260,6 +283,19 @@ def _plot(analyses: Sequence[dict[str, Any]], path: Path) -> None:
             color=color,
             label=f"{analysis['label']} ({analysis['final']['wrong']} wrong)",
         )
+        if analysis["final"]["wrong"]:
+            for column, spread in enumerate(analysis["final"]["wrong_by_input_value"]):
+                values = np.asarray(spread["values"])
+                # each input's grid drawn over [0, 1] so that every input shares the axis
+                position = (values - values[0]) / max(values[-1] - values[0], 1e-12)
+                input_ax.plot(
+                    position,
+                    spread["rate"],
+                    color=color,
+                    ls=("-", "--", "-.", ":")[column % 4],
+                    marker=".",
+                    label=f"{analysis['label']}: input {column}" if column == 0 else None,
+                )
     wrong_ax.set(xlabel="epoch", ylabel="wrong inputs (0 drawn at 0.5)", title="Wrong inputs")
     wrong_ax.legend(fontsize=7)
     symbol_ax.set(
@@ -279,6 +315,12 @@ def _plot(analyses: Sequence[dict[str, Any]], path: Path) -> None:
         title="Final network: wrong inputs by target value",
     )
     target_ax.legend(fontsize=7)
+    input_ax.set(
+        xlabel="input value, scaled to [0, 1] (lines: inputs 0-3 as - -- -. :)",
+        ylabel="share of inputs wrong",
+        title="Final network: wrong inputs by the value of each input",
+    )
+    input_ax.legend(fontsize=7)
     fig.suptitle("Training dynamics (dotted: start of loss stage 2)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

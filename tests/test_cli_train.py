@@ -115,15 +115,17 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
     options = [
         *("--learning-rate", "0.002", "--switch-epoch", "1"),
-        *("--warmup", "0.1", "--symbol-tolerance", "0.2"),
+        *("--warmup", "0.1", "--symbol-tolerance", "0.2", "--stage2-tolerance", "0.3"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
     config = json.loads((tmp_path / "a" / "result.json").read_text())["config"]
     assert config["learning_rate"] == 0.002 and config["switch_epoch"] == 1
     assert config["warmup_fraction"] == 0.1 and config["symbol_tolerance"] == 0.2
+    assert config["stage2_tolerance"] == 0.3
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
+        ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
         ("--warmup", "1.0", "warmup_fraction"),
         ("--learning-rate", "nan", "learning_rate"),
     ]:

@@ -109,3 +109,17 @@ def test_symbol_tolerance_is_optional_in_records_and_round_trips():
     document = json.loads(json.dumps(zoned.to_json(), allow_nan=False))
     assert document["symbol_tolerance"] == 0.25
     assert TrainConfig.from_json(document) == zoned
+
+
+def test_stage2_tolerance_is_optional_validated_and_falls_back_to_symbol_tolerance():
+    plain = TrainConfig(symbol_tolerance=0.2)
+    assert "stage2_tolerance" not in plain.to_json()  # records of earlier versions match
+    assert plain.tolerance_of(1) == plain.tolerance_of(2) == 0.2
+    split = TrainConfig(stage2_tolerance=0.3)
+    assert (split.tolerance_of(1), split.tolerance_of(2)) == (0.0, 0.3)
+    assert TrainConfig(stage2_tolerance=0.0, symbol_tolerance=0.2).tolerance_of(2) == 0.0
+    document = json.loads(json.dumps(split.to_json(), allow_nan=False))
+    assert document["stage2_tolerance"] == 0.3 and TrainConfig.from_json(document) == split
+    for bad in (0.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="stage2_tolerance must be a finite number"):
+            TrainConfig(stage2_tolerance=bad)

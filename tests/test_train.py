@@ -137,9 +137,14 @@ def test_epoch_is_compiled_once_per_stage_and_reused_by_an_equal_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_scenario_reaches_exact_projected_accuracy(tmp_path):
+@pytest.mark.parametrize(
+    "config",
+    [TrainConfig(), TrainConfig.for_scenario("8b4s")],
+    ids=["paper-defaults", "preset-of-make-demo"],
+)
+def test_default_scenario_reaches_exact_projected_accuracy(tmp_path, config):
     """The README main job: 8b4s, every layer approximated, 100 % after projection."""
-    result = train_onn(TrainConfig(), tmp_path, progress=False)
+    result = train_onn(config, tmp_path, progress=False)
     assert result.evaluation.accuracy == 1.0
     assert abs(result.record["area_ratio"] - 0.392) < 0.001
 
@@ -178,3 +183,47 @@ def test_json_is_written_strict_and_atomically(tmp_path):
             oi.write_json_atomically(path, {"accuracy": bad})
         assert json.loads(path.read_text())["accuracy"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_stage2_tolerance_shapes_the_loss_of_stage_2_only(stage):
+    from optinc_jax.learning.focus import draw_epoch_indices
+    from optinc_jax.learning.loss import symbol_weights, two_stage_loss
+    from optinc_jax.learning.trainer import build_training
+
+    config = TINY.replace(symbol_tolerance=0.1, stage2_tolerance=0.45)
+    setup = build_training(config)
+    key = jax.random.key(7)
+    # one optimizer step: its loss is the loss of the initial parameters on the first batch
+    _, loss = step_module.train_epoch(
+        jax.tree_util.tree_map(lambda leaf: leaf.copy(), setup.initial_state),
+        key,
+        apply_fn=setup.apply_fn,
+        dataset=setup.dataset,
+        config=config,
+        stage=stage,
+        steps=1,
+    )
+    indices = draw_epoch_indices(
+        key,
+        size=setup.dataset.size,
+        steps=1,
+        batch_size=config.batch_size,
+        permutation_limit=step_module.PERMUTATION_LIMIT,
+    )
+    samples = setup.dataset.samples(indices[0])
+    y = setup.apply_fn(setup.initial_state.params, samples.inputs)
+
+    def expected(tolerance):
+        return two_stage_loss(
+            y,
+            samples.target_symbols,
+            samples.target,
+            stage=stage,
+            bits=setup.dataset.bits,
+            weights=symbol_weights(setup.dataset.bits // 2, base=config.symbol_weight_base),
+            tolerance=tolerance,
+        )
+
+    np.testing.assert_allclose(loss, expected({1: 0.1, 2: 0.45}[stage]), rtol=1e-5)
+    assert not np.isclose(expected(0.1), expected(0.45), rtol=1e-3)  # the zones differ here

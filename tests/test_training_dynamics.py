@@ -28,6 +28,17 @@ def test_smoke_run_reports_each_run_and_its_wrong_inputs(tmp_path):
         assert history["scored_epoch"] == [1] and history["eval_epoch"] == [1, 2]
         assert len(history["symbol_errors"]) == len(history["min_margin"]) == 1
         assert final["min_margin"] <= 0.5
+        # per input: every grid value appears size / levels times (the grid is a product),
+        # and every wrong input is counted once at its value of each input
+        spreads = final["wrong_by_input_value"]
+        assert len(spreads) == 4
+        for spread in spreads:
+            assert len(spread["values"]) == 13 and spread["values"] == sorted(spread["values"])
+            assert spread["count"] == [analysis["size"] // 13] * 13
+            assert sum(spread["wrong"]) == final["wrong"]
+            triples = zip(spread["wrong"], spread["count"], spread["rate"], strict=True)
+            for wrong, count, rate in triples:
+                assert 0 <= wrong <= count and rate == wrong / count
 
 
 def test_run_dir_argument_is_checked(tmp_path, capsys):

@@ -351,6 +351,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "plain MSE).",
 )
 @click.option(
+    "--stage2-tolerance",
+    type=float,
+    help="Dead zone of the per-symbol loss in stage 2 alone, in [0, 0.5) [default: the "
+    "preset's, else --symbol-tolerance].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -375,6 +381,7 @@ def train_command(
     switch_epoch: int | None,
     warmup_fraction: float | None,
     symbol_tolerance: float | None,
+    stage2_tolerance: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -404,6 +411,7 @@ def train_command(
         "switch_epoch": switch_epoch,
         "warmup_fraction": warmup_fraction,
         "symbol_tolerance": symbol_tolerance,
+        "stage2_tolerance": stage2_tolerance,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

@@ -183,10 +183,11 @@ _LARGE_SCENARIO_RECIPE: dict[str, Any] = {
 the default 20 % warm-up; not 100 % yet. Unmeasured on 8b16s and 16b4s (accelerator work)."""
 
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults (the paper's uniform sampling, 130 epochs): measured on the 2-core CPU,
-    # focused sampling did not shorten 8b4s reliably (60 epochs reached 100 % with seed 0
-    # but 99.91 % with seed 1; README, "Training recipe").
-    "8b4s": {},
+    # The defaults (the paper's uniform sampling, 130 epochs) with a dead zone of 0.3 symbol
+    # in loss stage 2 (differs from the paper's plain MSE): first projected 100 % at epochs
+    # 81 / 89 / 88 for seeds 0 / 1 / 2 against 90 / 100 / 110 (README, "Training recipe").
+    # Focused sampling and shorter schedules did not shorten 8b4s reliably.
+    "8b4s": {"stage2_tolerance": 0.3},
     **{name: dict(_LARGE_SCENARIO_RECIPE) for name in ("8b8s", "8b16s", "16b4s")},
 }
 """Training recipe of each registered scenario: the ``TrainConfig`` fields that differ from

@@ -104,8 +104,13 @@ class TrainConfig:
             ``[0, 0.5)``: outputs within it of their symbol cost nothing
             (:func:`~optinc_jax.learning.loss.weighted_symbol_mse`). Differs from the
             paper (plain MSE, 0, the default).
+        stage2_tolerance: the dead zone of loss stage 2 alone, in ``[0, 0.5)``; ``None``
+            (the default): ``symbol_tolerance``. A stage-2 dead zone lets the last epochs
+            work on the outputs near or past a threshold only, as the focused draw does
+            for the inputs. Differs from the paper (plain MSE).
 
-    The ``noise_*``, ``focus_*``, ``stop_margin`` and ``symbol_tolerance`` fields are
+    The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance`` and
+    ``stage2_tolerance`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -139,6 +144,7 @@ class TrainConfig:
     focus_margin: float = 0.25
     stop_margin: float = 0.0
     symbol_tolerance: float = 0.0
+    stage2_tolerance: float | None = None
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -181,6 +187,10 @@ class TrainConfig:
         require_real(
             "symbol_tolerance", self.symbol_tolerance, low=0.0, high=0.5, high_inclusive=False
         )
+        if self.stage2_tolerance is not None:
+            require_real(
+                "stage2_tolerance", self.stage2_tolerance, low=0.0, high=0.5, high_inclusive=False
+            )
         if self.stop_margin > 0 and self.focus_fraction == 0:
             raise ValueError(
                 f"stop_margin ({self.stop_margin}) needs focus_fraction > 0 (the margin is "
@@ -251,6 +261,19 @@ class TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def tolerance_of(self, stage: int) -> float:
+        """The dead zone of the per-symbol loss term in loss stage ``stage`` (1 or 2).
+
+        Examples:
+            >>> TrainConfig(symbol_tolerance=0.1, stage2_tolerance=0.3).tolerance_of(1)
+            0.1
+            >>> TrainConfig(symbol_tolerance=0.1).tolerance_of(2)
+            0.1
+        """
+        if stage == 2 and self.stage2_tolerance is not None:
+            return self.stage2_tolerance
+        return self.symbol_tolerance
+
     def resolved_scenario(self) -> Scenario:
         """The scenario value (a registered name is looked up)."""
         return as_scenario(self.scenario)
@@ -313,7 +336,9 @@ class TrainConfig:
 _OPTIONAL_FIELDS: dict[str, Any] = {
     field.name: field.default
     for field in dataclasses.fields(TrainConfig)
-    if field.name.startswith(("noise_", "focus_", "stop_margin", "symbol_tolerance"))
+    if field.name.startswith(
+        ("noise_", "focus_", "stop_margin", "symbol_tolerance", "stage2_tolerance")
+    )
 }
 """Fields a record may lack (added after the first version), with their defaults."""
 

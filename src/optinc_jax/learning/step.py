@@ -113,7 +113,7 @@ def train_epoch(
                 bits=dataset.bits,
                 weights=weights,
                 stage2=config.stage2,
-                tolerance=config.symbol_tolerance,
+                tolerance=config.tolerance_of(stage),
             )
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
