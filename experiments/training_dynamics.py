@@ -167,12 +167,12 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
     target = np.asarray(samples.target)
     predicted = np.asarray(predict_values(loaded.apply_fn, loaded.params, samples.inputs))
     top = 2**dataset.bits
-    everything = np.asarray(dataset.samples(jnp.arange(dataset.size, dtype=jnp.int32)).target)
-    per_bin = np.histogram(everything, bins=TARGET_BINS, range=(0, top))[0]
+    everything = dataset.samples(jnp.arange(dataset.size, dtype=jnp.int32))
+    all_inputs = np.asarray(everything.inputs)
+    per_bin = np.histogram(np.asarray(everything.target), bins=TARGET_BINS, range=(0, top))[0]
     wrong_per_bin = np.histogram(target[wrong], bins=TARGET_BINS, range=(0, top))[0]
     errors = Counter(int(e) for e in (predicted - target)[wrong])
     wrong_indices = np.asarray(hard.indices)[: diagnostics["hard_count"]][wrong]
-    all_inputs = np.asarray(dataset.samples(jnp.arange(dataset.size, dtype=jnp.int32)).inputs)
     return {
         "label": label,
         "run_dir": str(run_dir),

@@ -187,8 +187,7 @@ def test_json_is_written_strict_and_atomically(tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_stage2_tolerance_shapes_the_loss_of_stage_2_only(stage):
-    from optinc_jax.learning.focus import draw_epoch_indices
-    from optinc_jax.learning.loss import symbol_weights, two_stage_loss
+    from optinc_jax import draw_epoch_indices, symbol_weights, two_stage_loss
     from optinc_jax.learning.trainer import build_training
 
     config = TINY.replace(symbol_tolerance=0.1, stage2_tolerance=0.45)
