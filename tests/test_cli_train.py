@@ -116,18 +116,20 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     options = [
         *("--learning-rate", "0.002", "--switch-epoch", "1"),
         *("--warmup", "0.1", "--symbol-tolerance", "0.2", "--stage2-tolerance", "0.3"),
+        *("--condition-until", "1"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
     config = json.loads((tmp_path / "a" / "result.json").read_text())["config"]
     assert config["learning_rate"] == 0.002 and config["switch_epoch"] == 1
     assert config["warmup_fraction"] == 0.1 and config["symbol_tolerance"] == 0.2
-    assert config["stage2_tolerance"] == 0.3
+    assert config["stage2_tolerance"] == 0.3 and config["condition_until"] == 1
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
         ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
         ("--warmup", "1.0", "warmup_fraction"),
         ("--learning-rate", "nan", "learning_rate"),
+        ("--condition-until", "-1", "condition-until"),
     ]:
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -123,3 +123,25 @@ def test_stage2_tolerance_is_optional_validated_and_falls_back_to_symbol_toleran
     for bad in (0.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="stage2_tolerance must be a finite number"):
             TrainConfig(stage2_tolerance=bad)
+
+
+def test_condition_until_is_optional_validated_and_selects_the_scenarios_matrices():
+    assert "condition_until" not in TrainConfig().to_json()  # earlier records still match
+    conditioned = TrainConfig(scenario="8b8s", approx="none", condition_until=3)
+    document = json.loads(json.dumps(conditioned.to_json(), allow_nan=False))
+    assert document["condition_until"] == 3 and TrainConfig.from_json(document) == conditioned
+    assert [conditioned.conditioned_layers(epoch) for epoch in (1, 3, 4)] == [
+        (2, 3, 4, 5, 6, 7),
+        (2, 3, 4, 5, 6, 7),
+        (),
+    ]
+    # a subset kept full: the rest of the scenario's selection is conditioned, then released
+    subset = TrainConfig(scenario="8b8s", approx="2,7", condition_until=1)
+    assert subset.conditioned_layers(1) == (2, 3, 4, 5, 6, 7)
+    assert subset.conditioned_layers(2) == (2, 7)
+    # an approximated row is projected as before, whatever condition_until says
+    full = TrainConfig(scenario="8b8s", condition_until=5)
+    assert full.conditioned_layers(1) == full.conditioned_layers(9) == (2, 3, 4, 5, 6, 7)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="condition_until must be an integer"):
+            TrainConfig(condition_until=bad)

@@ -108,6 +108,44 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     assert resumed.record["history"]["loss"] == straight.record["history"]["loss"]
 
 
+def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(tmp_path):
+    def is_projected(params):
+        return all(
+            np.allclose(weight, approx_diag_unitary(weight), atol=1e-5)
+            for weight, _ in onn_weights(params)
+        )
+
+    approximated = TINY.replace(epochs=3, stop_at_full_accuracy=False, checkpoint_every=1)
+    full = approximated.replace(approx="none")
+    conditioned = full.replace(condition_until=3)
+    # Conditioned through the last epoch, the full row is the approximated row, bit for bit
+    # (same draws, same projections), only its area differs.
+    reference = train_onn(approximated, tmp_path / "approximated", progress=False)
+    same = train_onn(conditioned, tmp_path / "same", progress=False)
+    chex.assert_trees_all_close(same.params, reference.params, atol=0, rtol=0)
+    assert same.record["history"] == reference.record["history"]
+    assert same.record["area_ratio"] == 1.0 > reference.record["area_ratio"]
+    # Released after epoch 2, its last epoch trains the matrices freely.
+    released = conditioned.replace(condition_until=2)
+    free_end = train_onn(released, tmp_path / "released", progress=False)
+    assert not is_projected(free_end.params)
+    assert free_end.record["history"]["loss"][:2] == reference.record["history"]["loss"][:2]
+    assert not is_projected(train_onn(full, tmp_path / "free", progress=False).params)
+
+    # killed right after the release, it resumes to the uninterrupted result
+    class Killed(Exception):
+        pass
+
+    def kill_at_two(epoch, history):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_onn(released, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_two)
+    resumed = train_onn(released, tmp_path / "resumed", progress=False, resume=True)
+    chex.assert_trees_all_close(resumed.params, free_end.params, atol=0, rtol=0)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     train_onn(TINY.replace(epochs=2, stop_at_full_accuracy=False), tmp_path, progress=False)
     for path in (tmp_path / "checkpoints").rglob("*"):

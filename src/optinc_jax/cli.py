@@ -357,6 +357,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "preset's, else --symbol-tolerance].",
 )
 @click.option(
+    "--condition-until",
+    type=click.IntRange(min=0),
+    help="Project the matrices the scenario approximates through this epoch even when "
+    "--approx keeps them full, then train them freely (0: never, the paper's).",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -382,6 +388,7 @@ def train_command(
     warmup_fraction: float | None,
     symbol_tolerance: float | None,
     stage2_tolerance: float | None,
+    condition_until: int | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -412,6 +419,7 @@ def train_command(
         "warmup_fraction": warmup_fraction,
         "symbol_tolerance": symbol_tolerance,
         "stage2_tolerance": stage2_tolerance,
+        "condition_until": condition_until,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

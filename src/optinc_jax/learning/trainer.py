@@ -4,7 +4,8 @@
 :class:`~optinc_jax.encoding.dataset.Dataset` passed in) with the two-stage loss, Adam and
 a learning-rate schedule, one jitted epoch (:func:`optinc_jax.learning.step.train_epoch`)
 at a time. The selected weight matrices are projected onto diagonal x unitary blocks every
-``project_every`` epochs, between the jitted epochs; every evaluation measures the
+``project_every`` epochs, between the jitted epochs (through ``condition_until`` also the
+matrices the scenario approximates but the run keeps full); every evaluation measures the
 *projected* network exhaustively, training stops at the first projected 100 %, and the
 final parameters are always projected. Checkpoints are written atomically and a killed run
 resumes from the last one with the same result it would have reached uninterrupted; a
@@ -479,7 +480,8 @@ def _train_locked(
             loss = float(loss)
             finite = math.isfinite(loss) and bool(_all_finite(state.params))
             if finite and projection_due(config, epoch):
-                state = state._replace(params=_project(config, approx_layers, state.params))
+                projected = config.conditioned_layers(epoch)
+                state = state._replace(params=_project(config, projected, state.params))
                 finite = bool(_all_finite(state.params))
             if not finite:
                 bar.close()
