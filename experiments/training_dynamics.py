@@ -17,7 +17,8 @@ run), and for each:
 * reloads the final projected network and scores every input: which symbol positions are
   wrong, how the wrong inputs spread over the target value (is it the large sums?), and
   the error values ``t_hat - t``, and the wrong-input rate at each value of each ONN
-  input (do the stragglers sit at the edges of the input cube?).
+  input (do the stragglers sit at the edges of the input cube?), and how many sit beside
+  a step of ``t`` or at a wrap of the symbol they get wrong (a drop from 3 to 0).
 
 Writes ``OUT/training_dynamics.json`` (strict JSON) and ``OUT/training_dynamics.png``
 (wrong inputs, per-symbol wrong counts and smallest margin over the epochs; wrong-input
@@ -152,7 +153,9 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
         (``wrong``, ``hard``, ``wrong_by_symbol``, ``wrong_rate_by_target`` over
         :data:`TARGET_BINS` bins, ``error_values`` as ``{t_hat - t: count}``,
         ``wrong_by_input_value``: per ONN input, its grid values with the count of inputs
-        and of wrong ones at each, and their ratio).
+        and of wrong ones at each, and their ratio; ``beside_a_step`` and ``at_a_wrap``:
+        how many wrong inputs sit next to a step of ``t`` or at a wrap of the symbol they
+        get wrong, against the grid's share, see :func:`_wrong_beside_steps`).
     """
     run_dir = Path(run_dir)
     record = json.loads((run_dir / RESULT_FILE).read_text())
@@ -201,7 +204,72 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
                 _wrong_by_value(all_inputs[:, column], wrong_indices)
                 for column in range(all_inputs.shape[1])
             ],
+            **_wrong_beside_steps(
+                all_inputs,
+                np.asarray(everything.target),
+                wrong_indices,
+                wrong_symbols[wrong],
+                servers=loaded.scenario.servers,
+                symbols_per_input=dataset.bits // 2 // all_inputs.shape[1],
+            ),
         },
+    }
+
+
+def _wrong_beside_steps(
+    inputs: np.ndarray,
+    target: np.ndarray,
+    wrong_indices: np.ndarray,
+    wrong_symbols: np.ndarray,
+    *,
+    servers: int,
+    symbols_per_input: int,
+) -> dict[str, Any]:
+    """Where the wrong inputs sit on the staircase ``t = floor(S / N)``.
+
+    The target depends on the input only through the integer sum
+    ``S = N sum_m (4^r)^m x_m`` (SPEC section 2). An input is *beside a step* when ``t``
+    changes between it and a neighbouring sum (``S mod N`` is ``N - 1`` or ``0``), and at a
+    *wrap* of symbol ``k`` when its target is the last or the first value of that symbol's
+    cycle (``t mod 4^(k+1)`` is ``4^(k+1) - 1`` or ``0``), where the symbol drops from 3
+    to 0 between neighbouring targets.
+
+    Args:
+        inputs: every input of the grid ``[S, I]``.
+        target: their targets ``[S]``.
+        wrong_indices: grid indices of the wrong inputs ``[W]``.
+        wrong_symbols: ``[W, K]`` which symbols of each wrong input are wrong.
+        servers: N.
+        symbols_per_input: r.
+
+    Returns:
+        ``beside_a_step``: ``wrong`` (count), ``wrong_share`` and ``grid_share``;
+        ``at_a_wrap``: per symbol (least significant first), ``wrong`` (inputs with that
+        symbol wrong), ``at_wrap`` (how many of them sit at its wrap) and ``grid_share``.
+    """
+    place = (4.0**symbols_per_input) ** np.arange(inputs.shape[1])
+    total = np.rint(servers * inputs.astype(np.float64) @ place).astype(np.int64)
+    beside = np.isin(total % servers, (servers - 1, 0))
+    at_a_wrap = []
+    for k in range(wrong_symbols.shape[1]):
+        cycle = 4 ** (k + 1)
+        wrap = np.isin(target % cycle, (cycle - 1, 0))
+        symbol_wrong = wrong_indices[wrong_symbols[:, k]]
+        at_a_wrap.append(
+            {
+                "wrong": int(symbol_wrong.size),
+                "at_wrap": int(wrap[symbol_wrong].sum()),
+                "grid_share": float(wrap.mean()),
+            }
+        )
+    wrong_beside = int(beside[wrong_indices].sum())
+    return {
+        "beside_a_step": {
+            "wrong": wrong_beside,
+            "wrong_share": wrong_beside / wrong_indices.size if wrong_indices.size else 0.0,
+            "grid_share": float(beside.mean()),
+        },
+        "at_a_wrap": at_a_wrap,
     }
 
 

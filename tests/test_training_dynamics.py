@@ -39,6 +39,51 @@ def test_smoke_run_reports_each_run_and_its_wrong_inputs(tmp_path):
             triples = zip(spread["wrong"], spread["count"], spread["rate"], strict=True)
             for wrong, count, rate in triples:
                 assert 0 <= wrong <= count and rate == wrong / count
+        # the staircase positions, against a brute force over the 8b4s grid
+        beside, wraps = final["beside_a_step"], final["at_a_wrap"]
+        assert beside["grid_share"] == pytest.approx(GRID_BESIDE_A_STEP)
+        assert 0 <= beside["wrong"] <= final["wrong"]
+        assert [w["wrong"] for w in wraps] == final["wrong_by_symbol"]
+        for wrap, share in zip(wraps, GRID_AT_A_WRAP, strict=True):
+            assert 0 <= wrap["at_wrap"] <= wrap["wrong"]
+            assert wrap["grid_share"] == pytest.approx(share)
+
+
+def _grid_8b4s():
+    sums = np.stack(np.meshgrid(*[np.arange(13)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    total = sums @ (4 ** np.arange(4))
+    return total, total // 4
+
+
+_TOTAL, _TARGET = _grid_8b4s()
+GRID_BESIDE_A_STEP = np.mean((_TOTAL % 4 == 3) | (_TOTAL % 4 == 0))
+GRID_AT_A_WRAP = [
+    np.mean((_TARGET % 4 ** (k + 1) == 4 ** (k + 1) - 1) | (_TARGET % 4 ** (k + 1) == 0))
+    for k in range(4)
+]
+
+
+def test_wrong_inputs_beside_steps_by_hand():
+    # 3 servers, 2 inputs of one symbol each: s_m in [0, 9], S = s_0 + 4 s_1, t = floor(S / 3)
+    sums = np.stack(np.meshgrid(np.arange(10), np.arange(10), indexing="ij"), -1).reshape(-1, 2)
+    target = (sums @ np.array([1, 4])) // 3
+    # index 5: S = 20 (beside a step), t = 6; index 37: S = 31 (not), t = 10;
+    # index 99: S = 45 (beside), t = 15, the wrap of both symbols
+    wrong = np.array([5, 37, 99])
+    wrong_symbols = np.array([[True, False], [False, True], [True, True]])
+    report = training_dynamics._wrong_beside_steps(
+        sums / 3.0, target, wrong, wrong_symbols, servers=3, symbols_per_input=1
+    )
+    assert report["beside_a_step"]["wrong"] == 2
+    assert report["beside_a_step"]["wrong_share"] == pytest.approx(2 / 3)
+    totals = [s0 + 4 * s1 for s0 in range(10) for s1 in range(10)]
+    assert report["beside_a_step"]["grid_share"] == pytest.approx(
+        sum(t % 3 != 1 for t in totals) / 100
+    )
+    assert [(w["wrong"], w["at_wrap"]) for w in report["at_a_wrap"]] == [(2, 1), (2, 1)]
+    assert report["at_a_wrap"][1]["grid_share"] == pytest.approx(
+        sum((t // 3) % 16 in (15, 0) for t in totals) / 100
+    )
 
 
 def test_run_dir_argument_is_checked(tmp_path, capsys):
