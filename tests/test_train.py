@@ -85,19 +85,26 @@ def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
     assert accuracy == result.evaluation.accuracy == 1.0
 
 
+class _Killed(Exception):
+    pass
+
+
+def _train_killed_after(config: TrainConfig, workdir, epoch: int) -> None:
+    """Trains until ``epoch`` epochs are done, then dies as a killed process would."""
+
+    def kill(done, history):
+        if done == epoch:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_onn(config, workdir, progress=False, on_epoch_end=kill)
+
+
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     config = TINY.replace(epochs=7, stop_at_full_accuracy=False, checkpoint_every=2)
     straight = train_onn(config, tmp_path / "straight", progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_five(epoch, history):
-        if epoch == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_onn(config, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_five)
+    _train_killed_after(config, tmp_path / "resumed", 5)
     with pytest.raises(CheckpointError, match="resume"):
         train_onn(config, tmp_path / "resumed", progress=False)
     with pytest.raises(CheckpointError, match="config"):
@@ -133,15 +140,7 @@ def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(
     assert not is_projected(train_onn(full, tmp_path / "free", progress=False).params)
 
     # killed right after the release, it resumes to the uninterrupted result
-    class Killed(Exception):
-        pass
-
-    def kill_at_two(epoch, history):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_onn(released, tmp_path / "resumed", progress=False, on_epoch_end=kill_at_two)
+    _train_killed_after(released, tmp_path / "resumed", 2)
     resumed = train_onn(released, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, free_end.params, atol=0, rtol=0)
 
