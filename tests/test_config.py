@@ -125,7 +125,7 @@ def test_stage2_tolerance_is_optional_validated_and_falls_back_to_symbol_toleran
             TrainConfig(stage2_tolerance=bad)
 
 
-def test_condition_until_is_optional_validated_and_selects_the_scenarios_matrices():
+def test_condition_until_is_optional_validated_and_selects_the_matrices_to_condition():
     assert "condition_until" not in TrainConfig().to_json()  # earlier records still match
     conditioned = TrainConfig(scenario="8b8s", approx="none", condition_until=3)
     document = json.loads(json.dumps(conditioned.to_json(), allow_nan=False))

@@ -192,10 +192,10 @@ _8B8S_RECIPE: dict[str, Any] = {
 }
 """The 8b8s recipe, measured on the 2-core CPU (README, "Training recipe"): 99.78 % (854
 wrong) with layers 2-7 approximated and 97.30 % (10,548 wrong) without, after 250 epochs
-in 49 and 32 min, against 2,278 and 13,946 wrong for the earlier 180-epoch batch-128
-recipe in 49 and 48 min; not 100 % yet. Symbol weights halving with significance
-(``symbol_weight_base`` 0.5) gave 389 wrong with approximation but 16,764 without, so the
-weights stay uniform."""
+in 49 (probably with another job beside it) and 32 min, against 2,278 and 13,946 wrong
+for the earlier 180-epoch batch-128 recipe in 49 and 48 min; not 100 % yet. Symbol
+weights halving with significance (``symbol_weight_base`` 0.5) gave 389 wrong with
+approximation but 16,764 without, so the weights stay uniform."""
 
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # The defaults (the paper's uniform sampling, 130 epochs) with a dead zone of 0.3 symbol
