@@ -8,14 +8,16 @@
    (``first_full_accuracy``), the smallest decision margin where each run stopped, and
    the ratio of the median times.
 2. ``scaling``: for every Table I scenario, the cost of an epoch's parts measured on this
-   machine (optimizer steps at batch 128, the scoring pass per sample, one projection of
-   the approximated matrices) and the epoch cost they add up to; the FLOPs of an epoch
-   (2 x multiply-adds per sample, x 3 for a training step) give the rate reached.
+   machine (optimizer steps at the preset's batch size, or each of ``--batch-sizes``, the
+   scoring pass per sample, one projection of the approximated matrices) and the epoch
+   cost they add up to; the FLOPs of an epoch (2 x multiply-adds per sample, x 3 for a
+   training step) give the rate reached.
 
 Usage, from the repository root::
 
     python -m benchmarks.bench_recipe [--out DIR] [--seeds 0,1] [--candidate JSON]
         [--skip-demo] [--skip-scaling] [--scenarios 8b4s,8b8s,8b16s,16b4s]
+        [--batch-sizes preset,1024]
 
 Writes ``OUT/bench_recipe.json`` and ``OUT/bench_recipe.png``.
 """
@@ -121,12 +123,15 @@ def _best_time(function, repeats: int = 3) -> float:
     return best
 
 
-def epoch_cost(scenario: str, *, approx: str | None = None) -> dict[str, Any]:
+def epoch_cost(
+    scenario: str, *, approx: str | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
     """The parts of one training epoch of a scenario, timed on this machine.
 
     Args:
         scenario: a registered scenario name.
         approx: its approximated matrices (``None``: the scenario's own).
+        batch_size: samples per step; ``None``: the scenario's preset.
 
     Returns:
         ``scenario, size, steps_per_epoch, step_seconds`` (the slope between two step
@@ -137,7 +142,8 @@ def epoch_cost(scenario: str, *, approx: str | None = None) -> dict[str, Any]:
     """
     times = {}
     for count in STEP_COUNTS:
-        config = TrainConfig.for_scenario(scenario, approx=approx, steps_per_epoch=count)
+        sizes = {} if batch_size is None else {"batch_size": batch_size}
+        config = TrainConfig.for_scenario(scenario, approx=approx, steps_per_epoch=count, **sizes)
         setup = build_training(config)
         state = [setup.initial_state]
 
@@ -215,10 +221,12 @@ def _plot(report: dict, path: Path) -> None:
         axes[0].legend(fontsize=8)
     scaling = report.get("scaling")
     if scaling:
-        names = [f"{row['scenario']}\n{row['size']:,}" for row in scaling]
+        names = [
+            f"{row['scenario']}\n{row['size']:,}\nbatch {row['batch_size']}" for row in scaling
+        ]
         axes[1].bar(names, [row["epoch_seconds"] for row in scaling], color="C2")
         axes[1].set_yscale("log")
-        axes[1].set(ylabel="seconds per epoch (this CPU)", title="Cost of one epoch")
+        axes[1].set(ylabel=f"seconds per epoch ({report['backend']})", title="Cost of one epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -241,7 +249,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--scenarios", default="8b4s,8b8s,8b16s,16b4s")
+    parser.add_argument(
+        "--batch-sizes",
+        default="preset",
+        help="comma-separated batch sizes of the scaling part; 'preset': the scenario's",
+    )
     args = parser.parse_args(argv)
+    try:
+        batch_sizes = [
+            None if size == "preset" else int(size) for size in args.batch_sizes.split(",")
+        ]
+    except ValueError:
+        parser.error(f"--batch-sizes must be 'preset' or integers, got {args.batch_sizes!r}")
     report: dict[str, Any] = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
     if not args.skip_demo:
         configs = {
@@ -269,13 +288,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         report["scaling"] = []
         for name in args.scenarios.split(","):
             get_scenario(name)
-            row = epoch_cost(name)
-            report["scaling"].append(row)
-            print(
-                f"{name}: {row['size']:,} samples, {row['step_seconds'] * 1e3:.2f} ms/step, "
-                f"epoch {row['epoch_seconds']:.1f} s",
-                flush=True,
-            )
+            for batch_size in batch_sizes:
+                row = epoch_cost(name, batch_size=batch_size)
+                report["scaling"].append(row)
+                print(
+                    f"{name} batch {row['batch_size']}: {row['size']:,} samples, "
+                    f"{row['step_seconds'] * 1e3:.2f} ms/step, "
+                    f"epoch {row['epoch_seconds']:.1f} s",
+                    flush=True,
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.out / "bench_recipe.json", report)
     _plot(report, args.out / "bench_recipe.png")

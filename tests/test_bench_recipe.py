@@ -23,6 +23,9 @@ def test_epoch_cost_adds_up_its_parts():
         + row["projection_seconds"]
     )
     assert row["epoch_seconds"] == parts and row["train_flops_per_s"] > 0
+    assert row["batch_size"] == 4  # the preset's
+    wide = bench_recipe.epoch_cost("tiny-recipe", batch_size=16)
+    assert (wide["batch_size"], wide["steps_per_epoch"]) == (16, 49 // 16)
 
 
 @pytest.mark.slow

@@ -268,6 +268,10 @@ def test_accelerator_check_smoke(tmp_path, capsys):
     training, evaluation = report["training"], report["evaluation"]
     assert (training["scenario"], training["epochs"], training["total"]) == ("8b4s", 1, 28561)
     assert training["stopped_by"] in ("100 %", "epoch budget")
+    # the scenario's preset (8b4s: a stage-2 dead zone), every epoch timed and evaluated
+    assert training["config"]["stage2_tolerance"] == 0.3
+    assert len(training["epoch_end_seconds"]) == len(training["epoch_accuracy"]) == 1
+    assert training["epoch_accuracy"][0] == training["accuracy"]
     assert (evaluation["scenario"], evaluation["samples"], evaluation["devices"]) == (
         "8b4s",
         28561,
@@ -280,4 +284,5 @@ def test_accelerator_check_smoke(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["training"]["stopped_by"] == "time limit 0 s"
     assert printed["training"]["epochs"] == 1 and printed["training"]["total"] == 28561
+    assert printed["training"]["seconds_per_epoch_after_first"] is None  # one epoch only
     assert printed["preset"] == "smoke"

@@ -69,3 +69,23 @@ def test_apply_does_not_recompile():
     jitted(params, jnp.zeros((5, 4)))
     jitted(params, jnp.ones((5, 4)))
     assert jitted._cache_size() == 1
+
+
+def _products(hlo: str) -> list[str]:
+    return [line for line in hlo.splitlines() if "dot_general" in line]
+
+
+def test_every_matrix_product_runs_in_full_float32():
+    # A GPU's default precision would round float32 products to TF32; the ONN asks for
+    # HIGHEST in the forward pass and its gradient, so accelerators report float32 results.
+    apply, params = onn_apply_fn(build_onn((4, 8, 8, 4), symbols_per_input=1))
+    x = jnp.ones((2, 4))
+    forward = _products(jax.jit(apply).lower(params, x).as_text())
+
+    def loss(p):
+        return jnp.sum(apply(p, x) ** 2)
+
+    backward = _products(jax.jit(jax.grad(loss)).lower(params).as_text())
+    assert len(forward) == 3 and len(backward) >= 3 + 2 * 2
+    for line in forward + backward:
+        assert "precision = [HIGHEST, HIGHEST]" in line, line

@@ -1,0 +1,96 @@
+"""experiments/recipe_sweep.py on tiny runs: every variant trained with its changes."""
+
+import json
+import math
+
+import pytest
+
+from experiments import recipe_sweep
+from optinc_jax import make_scenario, register_scenario
+
+register_scenario(
+    make_scenario("tiny-sweep", bits=4, servers=2, layers=(2, 8, 8, 2), approx=(2,), inputs=2),
+    overwrite=True,
+    training={"epochs": 2, "batch_size": 4, "switch_epoch": 1},
+)
+
+
+def test_parse_variant():
+    assert recipe_sweep.parse_variant('a-1={"seed": 3}') == ("a-1", {"seed": 3})
+    for bad in ('{"seed": 3}', "a/b={}", "a=[1]", "a={seed}"):
+        with pytest.raises(ValueError, match="variant"):
+            recipe_sweep.parse_variant(bad)
+
+
+def test_every_variant_trains_with_its_changes(tmp_path):
+    variants = {"base": {}, "seed1": {"seed": 1, "epochs": 3}}
+    summary = recipe_sweep.run("tiny-sweep", variants, tmp_path)
+    assert json.loads((tmp_path / "recipe_sweep.json").read_text()) == summary
+    assert (tmp_path / "recipe_sweep.png").stat().st_size > 0
+    base, seed1 = summary["variants"]
+    assert json.loads((tmp_path / "seed1.json").read_text()) == seed1
+    assert (base["config"]["seed"], base["config"]["epochs"]) == (0, 2)
+    assert (seed1["config"]["seed"], seed1["config"]["epochs"], seed1["changes"]) == (
+        1,
+        3,
+        {"seed": 1, "epochs": 3},
+    )
+    for report, epochs in ((base, 2), (seed1, 3)):
+        assert report["total"] == 7**2  # 4-bit, 2 servers: 7 levels per input, 2 inputs
+        stopped_early = report["stopped_by"] == "100 %"
+        assert stopped_early or (
+            report["stopped_by"] == "last epoch" and report["epochs"] == epochs
+        )
+        assert len(report["epoch_end_seconds"]) == report["epochs"]
+        assert report["eval_epoch"] == list(range(1, report["epochs"] + 1))
+        assert report["wrong"] == report["total"] - report["correct"]
+        assert math.isclose(report["epoch_accuracy"][-1], report["accuracy"])
+    # different seeds, different runs
+    assert (base["epoch_accuracy"][0], base["min_margin"][0]) != (
+        seed1["epoch_accuracy"][0],
+        seed1["min_margin"][0],
+    )
+
+
+def test_time_limit_stops_after_an_epoch(tmp_path, capsys):
+    recipe_sweep.main(
+        [
+            "--scenario",
+            "tiny-sweep",
+            "--variant",
+            'long={"epochs": 50, "switch_epoch": 30}',
+            "--minutes",
+            "1e-9",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    (report,) = json.loads(capsys.readouterr().out)["variants"]
+    assert report["stopped_by"] == "time limit 0 s" and len(report["epoch_end_seconds"]) == 1
+    assert report["wrong"] == round((1 - report["epoch_accuracy"][0]) * 49)
+    assert "correct" not in report
+
+
+def test_parallel_variants_train_in_their_own_processes(tmp_path):
+    variants = {
+        name: {"epochs": 1, "steps_per_epoch": 2, "seed": seed} for seed, name in enumerate("ab")
+    }
+    summary = recipe_sweep.run("8b4s", variants, tmp_path, parallel=2)
+    assert [r["name"] for r in summary["variants"]] == ["a", "b"]
+    assert all(r["total"] == 28561 and r["epochs"] == 1 for r in summary["variants"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variant", "x={}", "--variant", "x={}"], "share a name"),
+        (["--variant", "x={}", "--parallel", "0"], "--parallel"),
+        (["--variant", "x=3"], "JSON object"),
+        (["--variant", 'x={"epochs": 0}'], "epochs"),
+    ],
+)
+def test_bad_command_lines_exit_with_one_line(tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_sweep.main([*argv, "--scenario", "tiny-sweep", "--out", str(tmp_path)])
+    assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
