@@ -4,23 +4,25 @@ Usage, from the repository root::
 
     python -m experiments.recipe_sweep --scenario 8b8s --out runs/sweep
         --variant approx-w05='{"symbol_weight_base": 0.5}'
-        --variant none='{"approx": "none"}' [--parallel 2] [--minutes 3.5] [--json]
+        --variant none='{"approx": "none"}' [--seeds 0,1,2] [--parallel 2] [--minutes 3.5]
+        [--json]
 
 Each variant is ``TrainConfig.for_scenario(scenario, **changes)`` (the JSON object holds
 ``TrainConfig`` fields) trained from scratch in ``OUT/<name>/``, stopped at its last
 epoch, at its first projected 100 % (the preset's rule) or after ``--minutes`` of wall
-time, whichever comes first. With ``--parallel P`` (default 1) up to P variants train at
-once, each in its own process: on one GPU an 8b8s epoch is launch-bound, so two runs share
-it at little cost each (measured on an H200: 0.35-0.48 s per epoch with two at once,
-0.44 s alone); on a 2-core CPU keep 1.
+time, whichever comes first. ``--seeds 0,1,2`` trains every variant once per seed (as
+``<name>-s<seed>``) and the summary groups the runs of each variant (``by_changes``: wrong
+inputs, median, how many reached 100 % and when). With ``--parallel P`` (default 1) up to
+P variants train at once, each in its own process: on one GPU an 8b8s epoch is
+launch-bound, so two runs share it at little cost each (measured on an H200: 0.35-0.48 s
+per epoch with two at once, 0.44 s alone); on a 2-core CPU keep 1.
 
 Writes ``OUT/<name>.json`` for each variant (the changes, the stop reason, the wrong
 inputs at the last evaluation, the final exhaustive accuracy and error histogram if it
-ended, the wall seconds at the end of every
-epoch and the projected accuracy evaluated there) and ``OUT/recipe_sweep.json`` and
-``OUT/recipe_sweep.png`` (wrong inputs over the epochs, one line per variant). One seed
-per variant unless the changes set ``seed``: a comparison of two variants is one run
-against one run.
+ended, the wall seconds at the end of every epoch and the projected accuracy evaluated
+there) and ``OUT/recipe_sweep.json`` and ``OUT/recipe_sweep.png`` (wrong inputs over the
+epochs, one line per variant). One seed per variant without ``--seeds``: a comparison of
+two variants is then one run against one run.
 """
 
 import os
@@ -31,6 +33,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +45,7 @@ from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import train_onn
 
-__all__ = ["main", "parse_variant", "run", "train_variant"]
+__all__ = ["main", "parse_variant", "run", "train_variant", "with_seeds"]
 
 
 class _TimeUp(Exception):
@@ -70,6 +73,23 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(parsed, dict):
         raise ValueError(f"variant {name!r}: changes must be a JSON object, got {changes!r}")
     return name, parsed
+
+
+def with_seeds(
+    variants: dict[str, dict[str, Any]], seeds: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Every variant once per seed, named ``<name>-s<seed>``, its changes given ``seed``.
+
+    Raises:
+        ValueError: if a variant's changes set ``seed`` themselves.
+    """
+    expanded = {}
+    for name, changes in variants.items():
+        if "seed" in changes:
+            raise ValueError(f"variant {name!r} sets its own seed; drop it or --seeds")
+        for seed in seeds:
+            expanded[f"{name}-s{seed}"] = {**changes, "seed": seed}
+    return expanded
 
 
 def train_variant(
@@ -160,9 +180,41 @@ def run(
             ]
             reports = [future.result() for future in futures]
     summary = {"scenario": scenario, "parallel": parallel, "variants": reports}
+    summary["by_changes"] = _by_changes(reports)
     write_json_atomically(out / "recipe_sweep.json", summary)
     _plot(summary, out / "recipe_sweep.png")
     return summary
+
+
+def _by_changes(reports: list[dict]) -> list[dict]:
+    """Runs grouped by their changes without the seed: wrong counts, stops, medians."""
+    groups: dict[str, list[dict]] = {}
+    for report in reports:
+        key = json.dumps(
+            {k: v for k, v in report["changes"].items() if k != "seed"}, sort_keys=True
+        )
+        groups.setdefault(key, []).append(report)
+    rows = []
+    for key, group in groups.items():
+        wrong = [r["wrong"] for r in group]
+        full = [r["first_full_accuracy"] for r in group if r.get("first_full_accuracy")]
+        rows.append(
+            {
+                "changes": json.loads(key),
+                "runs": [r["name"] for r in group],
+                "wrong": wrong,
+                "median_wrong": statistics.median(wrong) if None not in wrong else None,
+                "reached_100": len(full),
+                "first_full_epochs": [f["epoch"] for f in full],
+                "first_full_seconds": [f["train_seconds"] for f in full],
+                "median_first_full_seconds": (
+                    statistics.median(f["train_seconds"] for f in full)
+                    if len(full) == len(group)
+                    else None
+                ),
+            }
+        )
+    return rows
 
 
 def _plot(summary: dict, path: Path) -> None:
@@ -201,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scenario", default="8b8s")
     parser.add_argument("--variant", action="append", required=True, help="NAME=JSON")
     parser.add_argument("--out", type=Path, default=Path("runs/recipe_sweep"))
+    parser.add_argument("--seeds", help="comma-separated seeds: every variant once per seed")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=float("inf"))
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -209,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         variants = dict(parse_variant(text) for text in args.variant)
         if len(variants) != len(args.variant):
             raise ValueError("two variants share a name")
+        if args.seeds is not None:
+            try:
+                seeds = [int(seed) for seed in args.seeds.split(",")]
+            except ValueError:
+                raise ValueError(f"--seeds must be integers, got {args.seeds!r}") from None
+            variants = with_seeds(variants, seeds)
         if args.parallel < 1:
             raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
         if not args.minutes > 0:
@@ -223,6 +282,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         for report in summary["variants"]:
             print(f"{report['name']}: {report['stopped_by']}, {report['wrong']} wrong")
+        for row in summary["by_changes"]:
+            print(
+                f"{json.dumps(row['changes'])}: wrong {row['wrong']}, 100 % in "
+                f"{row['reached_100']} of {len(row['runs'])}, epochs {row['first_full_epochs']}"
+            )
 
 
 if __name__ == "__main__":

@@ -94,3 +94,39 @@ def test_bad_command_lines_exit_with_one_line(tmp_path, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         recipe_sweep.main([*argv, "--scenario", "tiny-sweep", "--out", str(tmp_path)])
     assert message in str(exit_info.value.code) and "\n" not in str(exit_info.value.code)
+
+
+def test_seeds_expand_every_variant_and_group_back(tmp_path, capsys):
+    assert recipe_sweep.with_seeds({"a": {"epochs": 2}}, [0, 3]) == {
+        "a-s0": {"epochs": 2, "seed": 0},
+        "a-s3": {"epochs": 2, "seed": 3},
+    }
+    with pytest.raises(ValueError, match="own seed"):
+        recipe_sweep.with_seeds({"a": {"seed": 1}}, [0])
+    recipe_sweep.main(
+        [
+            "--scenario",
+            "tiny-sweep",
+            "--variant",
+            "base={}",
+            "--variant",
+            'long={"epochs": 3}',
+            "--seeds",
+            "0,1",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in summary["variants"]]
+    assert names == ["base-s0", "base-s1", "long-s0", "long-s1"]
+    base, long = summary["by_changes"]
+    assert (base["changes"], base["runs"]) == ({}, ["base-s0", "base-s1"])
+    assert (long["changes"], long["runs"]) == ({"epochs": 3}, ["long-s0", "long-s1"])
+    for row, reports in ((base, summary["variants"][:2]), (long, summary["variants"][2:])):
+        assert row["wrong"] == [r["wrong"] for r in reports]
+        assert row["median_wrong"] == sum(row["wrong"]) / 2
+        full = [r for r in reports if r["first_full_accuracy"]]
+        assert row["reached_100"] == len(full)
+        assert row["first_full_epochs"] == [r["first_full_accuracy"]["epoch"] for r in full]
