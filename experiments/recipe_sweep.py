@@ -224,13 +224,21 @@ def _plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(8, 4.5))
+    # one colour per variant, one line style per seed (run) within it
+    groups = {json.dumps(row["changes"], sort_keys=True): row for row in summary["by_changes"]}
+    colours = {key: f"C{index % 10}" for index, key in enumerate(groups)}
+    styles = ("-", "--", ":", "-.")
     for report in summary["variants"]:
         if not report["epoch_accuracy"]:
             continue
+        key = json.dumps(
+            {k: v for k, v in report["changes"].items() if k != "seed"}, sort_keys=True
+        )
+        style = styles[groups[key]["runs"].index(report["name"]) % len(styles)]
         total = report["total"]
         wrong = [max(round((1 - a) * total), 0.5) for a in report["epoch_accuracy"]]
         label = f"{report['name']}: {report['wrong']:,} wrong ({report['stopped_by']})"
-        axis.plot(report["eval_epoch"], wrong, label=label)
+        axis.plot(report["eval_epoch"], wrong, style, color=colours[key], label=label)
     axis.set_yscale("log")
     axis.set(
         xlabel="epoch",
