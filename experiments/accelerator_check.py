@@ -39,6 +39,7 @@ from experiments.configs import (
     preset_name,
 )
 from experiments.devices import data_mesh
+from experiments.wall_clock import EpochClock, TimeUp
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
@@ -48,10 +49,6 @@ from optinc_jax.learning.trainer import load_run, train_onn
 from optinc_jax.scenarios import Scenario, as_scenario
 
 __all__ = ["check_evaluation", "check_training", "main", "run", "train_config"]
-
-
-class _TimeUp(Exception):
-    pass
 
 
 def train_config(config: AcceleratorCheckConfig) -> TrainConfig:
@@ -71,20 +68,11 @@ def train_config(config: AcceleratorCheckConfig) -> TrainConfig:
 
 def check_training(config: TrainConfig, workdir: Path, limit_s: float) -> dict:
     """Trains until 100 %, the epoch budget or the time limit; returns the measurements."""
-    tic = time.perf_counter()
-    epoch_ends: list[float] = []
-    accuracies: list[float] = []
-
-    def stop_when_late(epoch: int, history: dict) -> None:
-        epoch_ends.append(time.perf_counter() - tic)
-        accuracies.append(history["accuracy"][-1] if history["accuracy"] else None)
-        if epoch_ends[-1] > limit_s:
-            raise _TimeUp
-
+    clock = EpochClock(limit_s)
     try:
-        record = train_onn(config, workdir, on_epoch_end=stop_when_late, mesh=data_mesh()).record
+        record = train_onn(config, workdir, on_epoch_end=clock, mesh=data_mesh()).record
         stopped = "100 %" if record["correct"] == record["total"] else "epoch budget"
-    except _TimeUp:
+    except TimeUp:
         loaded = load_run(workdir)  # checkpoint_every=1: the last epoch is on disk
         evaluation = evaluate_exhaustive(
             loaded.apply_fn,
@@ -103,16 +91,12 @@ def check_training(config: TrainConfig, workdir: Path, limit_s: float) -> dict:
         "correct": record["correct"],
         "total": record["total"],
         "error_histogram": record["error_histogram"],
-        "wall_seconds": time.perf_counter() - tic,
+        "wall_seconds": clock.seconds,
         # wall seconds at the end of each epoch (the first holds the compilation) and the
-        # projected accuracy evaluated there
-        "epoch_end_seconds": epoch_ends,
-        "epoch_accuracy": accuracies,
-        "seconds_per_epoch_after_first": (
-            (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
-            if len(epoch_ends) > 1
-            else None
-        ),
+        # projected accuracy evaluated there (every epoch: eval_every=1)
+        "epoch_end_seconds": clock.epoch_ends,
+        "epoch_accuracy": clock.history.get("accuracy", []),
+        "seconds_per_epoch_after_first": clock.seconds_per_epoch_after_first(),
         "first_full_accuracy": record.get("first_full_accuracy"),
         "config": config.to_json(),
     }

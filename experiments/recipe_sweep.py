@@ -35,21 +35,17 @@ import json
 import multiprocessing
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.wall_clock import EpochClock, TimeUp
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import train_onn
 
 __all__ = ["main", "parse_variant", "run", "train_variant", "with_seeds"]
-
-
-class _TimeUp(Exception):
-    pass
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -105,22 +101,13 @@ def train_variant(
         limit_s: wall seconds after which the run stops at the end of an epoch.
     """
     config = TrainConfig.for_scenario(scenario, **changes)
-    tic = time.perf_counter()
-    epoch_ends: list[float] = []
-    history: dict[str, Any] = {}
-
-    def stop_when_late(epoch: int, epoch_history: dict) -> None:
-        epoch_ends.append(time.perf_counter() - tic)
-        history.update(epoch_history)
-        if epoch_ends[-1] > limit_s:
-            raise _TimeUp
-
     resolved = config.resolved_scenario()
     total = make_dataset_spec(resolved.bits, resolved.servers, resolved.inputs).size
     report: dict[str, Any] = {"name": name, "scenario": scenario, "changes": changes}
+    clock = EpochClock(limit_s)
     try:
-        record = train_onn(config, out / name, progress=False, on_epoch_end=stop_when_late).record
-    except _TimeUp:
+        record = train_onn(config, out / name, progress=False, on_epoch_end=clock).record
+    except TimeUp:
         report["stopped_by"] = f"time limit {limit_s:.0f} s"
     else:
         report["stopped_by"] = "100 %" if record["correct"] == record["total"] else "last epoch"
@@ -128,6 +115,7 @@ def train_variant(
             report[key] = record[key]
         report["first_full_accuracy"] = record.get("first_full_accuracy")
     report["total"] = total
+    history = clock.history
     accuracies = history.get("accuracy", [])
     # at the last evaluation (the final exhaustive one when the run ended)
     report["wrong"] = (
@@ -135,7 +123,7 @@ def train_variant(
         if "correct" in report
         else (round((1 - accuracies[-1]) * total) if accuracies else None)
     )
-    report["epoch_end_seconds"] = epoch_ends
+    report["epoch_end_seconds"] = clock.epoch_ends
     report["eval_epoch"] = history.get("eval_epoch", [])
     report["epoch_accuracy"] = history.get("accuracy", [])
     report["min_margin"] = history.get("min_margin", [])
