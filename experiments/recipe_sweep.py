@@ -21,7 +21,8 @@ Writes ``OUT/<name>.json`` for each variant (the changes, the stop reason, the w
 inputs at the last evaluation, the final exhaustive accuracy and error histogram if it
 ended, the wall seconds at the end of every epoch and the projected accuracy evaluated
 there) and ``OUT/recipe_sweep.json`` and ``OUT/recipe_sweep.png`` (wrong inputs over the
-epochs, one line per variant). One seed per variant without ``--seeds``: a comparison of
+epochs, one line per variant). A variant that diverges is recorded as such, without a
+number, and the others go on. One seed per variant without ``--seeds``: a comparison of
 two variants is then one run against one run.
 """
 
@@ -43,7 +44,7 @@ from experiments.wall_clock import EpochClock, TimeUp
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.reporting import write_json_atomically
-from optinc_jax.learning.trainer import train_onn
+from optinc_jax.learning.trainer import TrainingDiverged, train_onn
 
 __all__ = ["main", "parse_variant", "run", "train_variant", "with_seeds"]
 
@@ -109,6 +110,8 @@ def train_variant(
         record = train_onn(config, out / name, progress=False, on_epoch_end=clock).record
     except TimeUp:
         report["stopped_by"] = f"time limit {limit_s:.0f} s"
+    except TrainingDiverged as error:  # recorded without a number; the other variants go on
+        report["stopped_by"] = f"diverged at epoch {error.epoch}"
     else:
         report["stopped_by"] = "100 %" if record["correct"] == record["total"] else "last epoch"
         for key in ("epochs", "accuracy", "correct", "total", "error_histogram"):
@@ -118,11 +121,12 @@ def train_variant(
     history = clock.history
     accuracies = history.get("accuracy", [])
     # at the last evaluation (the final exhaustive one when the run ended)
-    report["wrong"] = (
-        total - report["correct"]
-        if "correct" in report
-        else (round((1 - accuracies[-1]) * total) if accuracies else None)
-    )
+    if "correct" in report:
+        report["wrong"] = total - report["correct"]
+    elif accuracies and not report["stopped_by"].startswith("diverged"):
+        report["wrong"] = round((1 - accuracies[-1]) * total)
+    else:
+        report["wrong"] = None
     report["epoch_end_seconds"] = clock.epoch_ends
     report["eval_epoch"] = history.get("eval_epoch", [])
     report["epoch_accuracy"] = history.get("accuracy", [])
@@ -225,7 +229,8 @@ def _plot(summary: dict, path: Path) -> None:
         style = styles[groups[key]["runs"].index(report["name"]) % len(styles)]
         total = report["total"]
         wrong = [max(round((1 - a) * total), 0.5) for a in report["epoch_accuracy"]]
-        label = f"{report['name']}: {report['wrong']:,} wrong ({report['stopped_by']})"
+        wrong_text = "-" if report["wrong"] is None else f"{report['wrong']:,}"
+        label = f"{report['name']}: {wrong_text} wrong ({report['stopped_by']})"
         axis.plot(report["eval_epoch"], wrong, style, color=colours[key], label=label)
     axis.set_yscale("log")
     axis.set(
@@ -271,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = run(
             args.scenario, variants, args.out, parallel=args.parallel, minutes=args.minutes
         )
-    except (ValueError, KeyError) as error:
+    except (ValueError, KeyError, OSError, RuntimeError) as error:
         sys.exit(f"error: {error}")
     if args.json:
         print(json.dumps(summary, allow_nan=False))

@@ -130,3 +130,13 @@ def test_seeds_expand_every_variant_and_group_back(tmp_path, capsys):
         full = [r for r in reports if r["first_full_accuracy"]]
         assert row["reached_100"] == len(full)
         assert row["first_full_epochs"] == [r["first_full_accuracy"]["epoch"] for r in full]
+
+
+def test_a_diverged_variant_is_recorded_without_a_number(tmp_path):
+    variants = {"boom": {"learning_rate": 1e30}, "fine": {}}
+    summary = recipe_sweep.run("tiny-sweep", variants, tmp_path)
+    boom, fine = summary["variants"]
+    assert boom["stopped_by"].startswith("diverged at epoch") and boom["wrong"] is None
+    assert "accuracy" not in boom and fine["wrong"] is not None
+    assert summary["by_changes"][0]["median_wrong"] is None
+    assert (tmp_path / "recipe_sweep.png").stat().st_size > 0
