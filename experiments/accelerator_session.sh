@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One accelerator session, about 8 minutes on one GPU: what Table I's waiting rows cost.
+# One accelerator session, about 5 minutes on one H200 (294 s measured): what Table I's
+# waiting rows cost.
 #
 # 1. benchmarks.bench_recipe: the parts of an epoch (optimizer steps, scoring pass,
 #    projection) of 8b8s, 8b16s and 16b4s at the preset batch size and at 2048.

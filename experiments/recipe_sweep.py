@@ -46,7 +46,7 @@ from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import TrainingDiverged, train_onn
 
-__all__ = ["main", "parse_variant", "run", "train_variant", "with_seeds"]
+__all__ = ["group_runs", "main", "parse_variant", "run", "train_variant", "with_seeds"]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -114,7 +114,7 @@ def train_variant(
         report["stopped_by"] = f"diverged at epoch {error.epoch}"
     else:
         report["stopped_by"] = "100 %" if record["correct"] == record["total"] else "last epoch"
-        for key in ("epochs", "accuracy", "correct", "total", "error_histogram"):
+        for key in ("epochs", "accuracy", "correct", "error_histogram"):
             report[key] = record[key]
         report["first_full_accuracy"] = record.get("first_full_accuracy")
     report["total"] = total
@@ -172,20 +172,33 @@ def run(
             ]
             reports = [future.result() for future in futures]
     summary = {"scenario": scenario, "parallel": parallel, "variants": reports}
-    summary["by_changes"] = _by_changes(reports)
+    summary["by_changes"] = group_runs(reports)
     write_json_atomically(out / "recipe_sweep.json", summary)
     _plot(summary, out / "recipe_sweep.png")
     return summary
 
 
-def _by_changes(reports: list[dict]) -> list[dict]:
-    """Runs grouped by their changes without the seed: wrong counts, stops, medians."""
+def _variant_key(changes: dict[str, Any]) -> str:
+    """The changes of a run without its seed, as canonical JSON (one key per variant)."""
+    return json.dumps({k: v for k, v in changes.items() if k != "seed"}, sort_keys=True)
+
+
+def group_runs(reports: list[dict]) -> list[dict]:
+    """Runs grouped by their changes without the seed, in order of first appearance.
+
+    Args:
+        reports: run reports as :func:`train_variant` returns them (``name``, ``changes``,
+            ``wrong``, ``first_full_accuracy`` where the run ended).
+
+    Returns:
+        One row per variant: ``changes`` (without the seed), ``runs`` (names), ``wrong``
+        and ``median_wrong`` (``None`` if a run has no count), ``reached_100`` (how many
+        runs reached 100 %), ``first_full_epochs`` and ``first_full_seconds`` of those, and
+        ``median_first_full_seconds`` (``None`` unless every run reached it).
+    """
     groups: dict[str, list[dict]] = {}
     for report in reports:
-        key = json.dumps(
-            {k: v for k, v in report["changes"].items() if k != "seed"}, sort_keys=True
-        )
-        groups.setdefault(key, []).append(report)
+        groups.setdefault(_variant_key(report["changes"]), []).append(report)
     rows = []
     for key, group in groups.items():
         wrong = [r["wrong"] for r in group]
@@ -217,15 +230,13 @@ def _plot(summary: dict, path: Path) -> None:
 
     fig, axis = plt.subplots(figsize=(8, 4.5))
     # one colour per variant, one line style per seed (run) within it
-    groups = {json.dumps(row["changes"], sort_keys=True): row for row in summary["by_changes"]}
+    groups = {_variant_key(row["changes"]): row for row in summary["by_changes"]}
     colours = {key: f"C{index % 10}" for index, key in enumerate(groups)}
     styles = ("-", "--", ":", "-.")
     for report in summary["variants"]:
         if not report["epoch_accuracy"]:
             continue
-        key = json.dumps(
-            {k: v for k, v in report["changes"].items() if k != "seed"}, sort_keys=True
-        )
+        key = _variant_key(report["changes"])
         style = styles[groups[key]["runs"].index(report["name"]) % len(styles)]
         total = report["total"]
         wrong = [max(round((1 - a) * total), 0.5) for a in report["epoch_accuracy"]]

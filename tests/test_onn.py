@@ -82,10 +82,10 @@ def test_every_matrix_product_runs_in_full_float32():
     x = jnp.ones((2, 4))
     forward = _products(jax.jit(apply).lower(params, x).as_text())
 
-    def loss(p):
+    def squared_output(p):
         return jnp.sum(apply(p, x) ** 2)
 
-    backward = _products(jax.jit(jax.grad(loss)).lower(params).as_text())
+    backward = _products(jax.jit(jax.grad(squared_output)).lower(params).as_text())
     assert len(forward) == 3 and len(backward) >= 3 + 2 * 2
     for line in forward + backward:
         assert "precision = [HIGHEST, HIGHEST]" in line, line

@@ -140,3 +140,35 @@ def test_a_diverged_variant_is_recorded_without_a_number(tmp_path):
     assert "accuracy" not in boom and fine["wrong"] is not None
     assert summary["by_changes"][0]["median_wrong"] is None
     assert (tmp_path / "recipe_sweep.png").stat().st_size > 0
+
+
+def test_group_runs_by_changes_without_the_seed():
+    def report(name, changes, wrong, full=None):
+        return {"name": name, "changes": changes, "wrong": wrong, "first_full_accuracy": full}
+
+    rows = recipe_sweep.group_runs(
+        [
+            report("a-s0", {"epochs": 9, "seed": 0}, 0, {"epoch": 7, "train_seconds": 3.0}),
+            report("b-s0", {"seed": 0}, 5),
+            report("a-s1", {"seed": 1, "epochs": 9}, 0, {"epoch": 8, "train_seconds": 5.0}),
+            report("b-s1", {"seed": 1}, None),  # diverged: no count
+            report("a-s2", {"epochs": 9, "seed": 2}, 2),
+        ]
+    )
+    a, b = rows
+    assert (a["changes"], a["runs"], a["wrong"]) == (
+        {"epochs": 9},
+        ["a-s0", "a-s1", "a-s2"],
+        [0, 0, 2],
+    )
+    assert a["median_wrong"] == 0 and a["reached_100"] == 2
+    assert (a["first_full_epochs"], a["first_full_seconds"]) == ([7, 8], [3.0, 5.0])
+    assert a["median_first_full_seconds"] is None  # a-s2 never reached 100 %
+    assert (b["changes"], b["wrong"], b["median_wrong"], b["reached_100"]) == (
+        {},
+        [5, None],
+        None,
+        0,
+    )
+    (only,) = recipe_sweep.group_runs([report("c", {}, 1, {"epoch": 2, "train_seconds": 4.0})])
+    assert only["median_first_full_seconds"] == 4.0
