@@ -18,7 +18,15 @@ from flax import nnx
 
 from optinc_jax.validation import require_int
 
-__all__ = ["ONN", "ONNApply", "build_onn", "onn_apply_fn", "onn_weights", "weight_matrix_index"]
+__all__ = [
+    "ONN",
+    "ONNApply",
+    "build_onn",
+    "layer_leaf",
+    "onn_apply_fn",
+    "onn_weights",
+    "weight_matrix_index",
+]
 
 
 class ONN(nnx.Module):
@@ -84,10 +92,21 @@ class ONN(nnx.Module):
         Returns:
             ``[..., K]`` raw outputs (PAM4 symbol units, before rounding).
         """
+        return self.layers[-1](self.features(x)) * self.output_scale + self.output_shift
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """The last hidden layer's activations, what the last weight matrix combines.
+
+        Args:
+            x: preprocessed inputs ``[..., I]``.
+
+        Returns:
+            ``[..., h_last]`` ReLU outputs (``x`` itself, centred, for a one-matrix ONN).
+        """
         hidden = (x - self.input_shift) * self.input_scale
         for layer in self.layers[:-1]:
             hidden = jax.nn.relu(layer(hidden))
-        return self.layers[-1](hidden) * self.output_scale + self.output_shift
+        return hidden
 
 
 def build_onn(layers: Sequence[int], *, symbols_per_input: int, seed: int = 0) -> ONN:
@@ -127,10 +146,23 @@ def weight_matrix_index(path: tuple) -> int | None:
     Returns:
         The layer index for a ``layers/<i>/kernel`` leaf, else ``None``.
     """
+    leaf = layer_leaf(path)
+    return leaf[0] if leaf is not None and leaf[1] == "kernel" else None
+
+
+def layer_leaf(path: tuple) -> tuple[int, str] | None:
+    """The 0-based layer index and leaf name (``"kernel"``, ``"bias"``) of a parameter path.
+
+    Args:
+        path: a key path from ``jax.tree_util.tree_flatten_with_path``.
+
+    Returns:
+        ``(index, name)`` for a ``layers/<i>/<name>`` leaf, else ``None``.
+    """
     names = [getattr(key, "key", getattr(key, "name", getattr(key, "idx", None))) for key in path]
     for position in range(len(names) - 2):
-        if names[position] == "layers" and names[position + 2] == "kernel":
-            return int(names[position + 1])
+        if names[position] == "layers":
+            return int(names[position + 1]), str(names[position + 2])
     return None
 
 
