@@ -134,3 +134,21 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output
         assert name in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+def test_train_refit_options_reach_the_config_and_an_approximated_last_matrix_is_refused(
+    tmp_path,
+):
+    runner = CliRunner()
+    args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    refit = ["--refit-iterations", "3", "--refit-tolerance", "0.3"]
+    trained = runner.invoke(main, [*args, "--approx", "1", *refit, "--out", str(tmp_path / "a")])
+    assert trained.exit_code == 0, trained.output
+    record = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert record["config"]["refit_iterations"] == 3 and record["config"]["refit_tolerance"] == 0.3
+    assert record["epochs"] == 2  # not at 100 % before its end: the refit ran
+    assert len(record["history"]["refit"]["wrong_symbols_after"]) == 2
+    # cli-4b1s approximates both matrices: its last one cannot be re-solved freely.
+    bad = runner.invoke(main, [*args, *refit, "--out", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "refit_iterations=3" in bad.output and len(bad.output.strip().splitlines()) == 1

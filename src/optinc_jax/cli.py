@@ -363,6 +363,18 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "--approx keeps them full, then train them freely (0: never, the paper's).",
 )
 @click.option(
+    "--refit-iterations",
+    type=click.IntRange(min=0),
+    help="After the last epoch, re-solve the last weight matrix over the whole grid for "
+    "the receiver (this many Newton iterations; 0: never, the paper's). Needs a free last "
+    "matrix.",
+)
+@click.option(
+    "--refit-tolerance",
+    type=float,
+    help="Dead zone of the refit's hinge, in symbol units, in (0, 0.5) [default: 0.35].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -389,6 +401,8 @@ def train_command(
     symbol_tolerance: float | None,
     stage2_tolerance: float | None,
     condition_until: int | None,
+    refit_iterations: int | None,
+    refit_tolerance: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -420,6 +434,8 @@ def train_command(
         "symbol_tolerance": symbol_tolerance,
         "stage2_tolerance": stage2_tolerance,
         "condition_until": condition_until,
+        "refit_iterations": refit_iterations,
+        "refit_tolerance": refit_tolerance,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

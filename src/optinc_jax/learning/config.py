@@ -115,9 +115,15 @@ class TrainConfig:
             (the default): ``symbol_tolerance``. A stage-2 dead zone lets the last epochs
             work on the outputs near or past a threshold only, as the focused draw does
             for the inputs. Differs from the paper (plain MSE).
+        refit_iterations: after the last epoch of a run that has not reached 100 %, the
+            last weight matrix is re-solved over the whole dataset for the receiver's
+            decisions (:func:`~optinc_jax.learning.refit.refit_last_layer`, this many
+            Newton iterations); 0 (the default) never. Not in the paper (gradient
+            descent only). Needs a free last matrix.
+        refit_tolerance: the refit's dead zone in symbol units, in ``(0, 0.5)``.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
-    ``stage2_tolerance`` and ``condition_until`` fields are
+    ``stage2_tolerance``, ``condition_until`` and ``refit_*`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -153,6 +159,8 @@ class TrainConfig:
     symbol_tolerance: float = 0.0
     stage2_tolerance: float | None = None
     condition_until: int = 0
+    refit_iterations: int = 0
+    refit_tolerance: float = 0.35
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -198,6 +206,22 @@ class TrainConfig:
         if self.stage2_tolerance is not None:
             require_real(
                 "stage2_tolerance", self.stage2_tolerance, low=0.0, high=0.5, high_inclusive=False
+            )
+        require_int("refit_iterations", self.refit_iterations, 0)
+        require_real(
+            "refit_tolerance",
+            self.refit_tolerance,
+            low=0.0,
+            high=0.5,
+            low_inclusive=False,
+            high_inclusive=False,
+        )
+        last_matrix = scenario.num_matrices
+        if self.refit_iterations and last_matrix in self.approx_layers():
+            raise ValueError(
+                f"refit_iterations={self.refit_iterations} re-solves weight matrix "
+                f"{last_matrix}, which approx {list(self.approx_layers())} keeps diagonal x "
+                "unitary; refit only a run whose last matrix is free"
             )
         if self.stop_margin > 0 and self.focus_fraction == 0:
             raise ValueError(
@@ -368,6 +392,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "symbol_tolerance",
             "stage2_tolerance",
             "condition_until",
+            "refit_",
         )
     )
 }

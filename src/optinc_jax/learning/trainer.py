@@ -63,6 +63,7 @@ from optinc_jax.learning.focus import find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
 from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.learning.refit import refit_last_layer, with_last_layer
 from optinc_jax.learning.reporting import (
     evaluation_record,
     plot_training_curve,
@@ -487,6 +488,8 @@ def _train_locked(
                 bar.close()
                 _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
             history["loss"].append(loss)
+            if epoch == config.epochs and config.refit_iterations:
+                state = _refit_at_end(config, setup, epoch, state, history, mesh)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 margin = 0.0
                 if (mesh is None or config.focus_fraction > 0) and epoch < config.epochs:
@@ -581,6 +584,38 @@ def _train_locked(
         f"{evaluation.accuracy:.5%} after {epoch} epochs",
     )
     return TrainResult(evaluation, final_params, apply_fn, epoch, record)
+
+
+def _refit_at_end(
+    config: TrainConfig,
+    setup: TrainingSetup,
+    epoch: int,
+    state: TrainState,
+    history: dict,
+    mesh: Mesh | None,
+) -> TrainState:
+    """The last matrix re-solved after the last epoch (``refit_iterations``); not in the paper.
+
+    Runs on the hardware network (what the evaluation sees); the last matrix is free, so
+    the refit row replaces the trained one in the state, which the last checkpoint then
+    holds. Its counts go to ``history["refit"]``. It runs on one device: the parameters are
+    fetched first (a mesh run's replicated copies would partition its small solves over
+    every device; on 8 virtual CPU devices that hung).
+    """
+    tic = time.perf_counter()
+    params = jax.device_get(_hardware_params(config, setup.approx_layers, epoch, state.params))
+    refit = refit_last_layer(
+        setup.apply_fn,
+        params,
+        setup.dataset,
+        tolerance=config.refit_tolerance,
+        iterations=config.refit_iterations,
+    )
+    history["refit"] = {**refit.to_json(), "seconds": time.perf_counter() - tic}
+    state = state._replace(params=with_last_layer(state.params, refit.kernel, refit.bias))
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    return state
 
 
 def _noise_finetune(
