@@ -10,8 +10,8 @@ last weight matrix maps the last hidden layer's features ``h`` (``[F]``, fixed) 
     ``L_k(w_k) = sum_s max(|y_sk - t_sk| - tolerance, 0)^2``  (zero below level 0 where
     ``t_sk = 0`` and above level 3 where ``t_sk = 3``),
 
-is convex in ``w_k``, so :func:`refit_last_layer` minimizes it exactly rather than by
-stochastic steps: a Newton method on the active set (the inputs past the tolerance; the
+is convex in ``w_k``, so :func:`refit_last_layer` minimizes it directly, with the whole
+grid in every step rather than by stochastic minibatches: a Newton method on the active set (the inputs past the tolerance; the
 least-squares solution that puts each of them at the tolerance's edge), with a line
 search over fixed step sizes that include 0, so the loss never rises. A symbol keeps the
 iterate with the fewest wrong decisions on the dataset (its start included; among equals
