@@ -11,9 +11,10 @@ last weight matrix maps the last hidden layer's features ``h`` (``[F]``, fixed) 
     ``t_sk = 0`` and above level 3 where ``t_sk = 3``),
 
 is convex in ``w_k``, so :func:`refit_last_layer` minimizes it directly, with the whole
-grid in every step rather than by stochastic minibatches: a Newton method on the active set (the inputs past the tolerance; the
-least-squares solution that puts each of them at the tolerance's edge), with a line
-search over fixed step sizes that include 0, so the loss never rises. A symbol keeps the
+grid in every step rather than by stochastic minibatches: a Newton method on the active
+set (the inputs past the tolerance; the least-squares solution that puts each of them at
+the tolerance's edge), with a line search over fixed step sizes that include 0, so the
+loss never rises. A symbol keeps the
 iterate with the fewest wrong decisions on the dataset (its start included; among equals
 the one of least loss), so the refit never leaves a symbol with more wrong inputs than it
 found.
