@@ -141,16 +141,21 @@ def test_refit_arguments_and_config_are_checked():
     assert "refit_iterations" not in TrainConfig().to_json()  # old records stay loadable
 
 
-def test_a_run_refits_at_its_end_and_its_checkpoint_holds_the_refit_network(tmp_path):
-    config = TrainConfig(
+def _short_refit_run(*, steps_per_epoch: int, refit_iterations: int) -> TrainConfig:
+    """Two short epochs of 8b4s with a free last matrix, refit at the end."""
+    return TrainConfig(
         scenario="8b4s",
         approx="none",
         epochs=2,
-        steps_per_epoch=10,
+        steps_per_epoch=steps_per_epoch,
         switch_epoch=1,
         checkpoint_every=1,
-        refit_iterations=4,
+        refit_iterations=refit_iterations,
     )
+
+
+def test_a_run_refits_at_its_end_and_its_checkpoint_holds_the_refit_network(tmp_path):
+    config = _short_refit_run(steps_per_epoch=10, refit_iterations=4)
     result = train_onn(config, tmp_path, progress=False)
     refit = result.record["history"]["refit"]
     assert result.epochs == 2 and refit["seconds"] > 0
@@ -174,15 +179,7 @@ def test_a_run_refits_at_its_end_and_its_checkpoint_holds_the_refit_network(tmp_
 def test_a_data_parallel_run_refits_on_one_device_and_stays_replicated(tmp_path):
     from jax.sharding import Mesh
 
-    config = TrainConfig(
-        scenario="8b4s",
-        approx="none",
-        epochs=2,
-        steps_per_epoch=5,
-        switch_epoch=1,
-        checkpoint_every=1,
-        refit_iterations=3,
-    )
+    config = _short_refit_run(steps_per_epoch=5, refit_iterations=3)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded = train_onn(config, tmp_path / "mesh", progress=False, mesh=mesh)
     single = train_onn(config, tmp_path / "one", progress=False)
