@@ -20,6 +20,7 @@ from optinc_jax.validation import require_choice, require_int, require_real
 __all__ = [
     "STAGE2_LOSSES",
     "Stage2Loss",
+    "receiver_hinge",
     "reconstruction_mse",
     "rounded_reconstruction_mse",
     "symbol_weights",
@@ -33,6 +34,39 @@ kept beside the reconstruction MSE), ``literal`` (the paper's reconstruction MSE
 ``ste`` (per-symbol term plus reconstruction of straight-through-rounded symbols)."""
 
 STAGE2_LOSSES: tuple[str, ...] = get_args(Stage2Loss)
+
+_TOP_LEVEL = 3
+
+
+def receiver_hinge(y: ArrayLike, target_symbols: ArrayLike, tolerance: float) -> jax.Array:
+    """Per-entry hinge ``max(|y - t| - tolerance, 0)``, one-sided at the outer levels.
+
+    The receiver reads any amplitude below level 0 as 0 and above level 3 as 3, so an
+    output past its outer target level costs nothing. Not in the paper: the refit and the
+    hinge finishing minimize its square (the paper trains on the plain MSE only).
+
+    Args:
+        y: raw outputs ``[..., K]`` (symbol units).
+        target_symbols: PAM4 target symbols ``[..., K]`` in ``{0, .., 3}``.
+        tolerance: dead-zone half-width in symbol units (``0.5`` is the receiver's
+            threshold; the caller validates it).
+
+    Returns:
+        ``[..., K]`` non-negative excess distances (dtype of ``y``).
+
+    Examples:
+        >>> y = jnp.array([-1.0, 0.75, 1.25, 3.5])
+        >>> receiver_hinge(y, jnp.array([0, 1, 1, 3]), 0.25)
+        Array([0., 0., 0., 0.], dtype=float32)
+        >>> receiver_hinge(y, jnp.array([1, 0, 2, 2]), 0.25)
+        Array([1.75, 0.5 , 0.5 , 1.25], dtype=float32)
+    """
+    y = jnp.asarray(y)
+    residual = y - jnp.asarray(target_symbols, y.dtype)
+    excess = jnp.maximum(jnp.abs(residual) - tolerance, 0.0)
+    target = jnp.asarray(target_symbols)
+    free = ((target == 0) & (residual < 0)) | ((target == _TOP_LEVEL) & (residual > 0))
+    return jnp.where(free, 0.0, excess)
 
 
 def symbol_weights(num_symbols: int, *, base: float = 2.0) -> jax.Array:

@@ -41,6 +41,7 @@ from flax import nnx
 
 from optinc_jax.encoding.dataset import Dataset
 from optinc_jax.encoding.units import receiver
+from optinc_jax.learning.loss import receiver_hinge
 from optinc_jax.learning.onn import ONNApply, layer_leaf, onn_weights
 from optinc_jax.validation import require_int, require_real
 
@@ -48,8 +49,6 @@ __all__ = ["RefitResult", "refit_last_layer", "with_last_layer"]
 
 _STEP_SIZES = (0.0, *(2.0**-power for power in range(13)))
 """Line-search candidates; 0 first, so that a step that helps no input is not taken."""
-
-_TOP_LEVEL = 3
 
 
 class RefitResult(NamedTuple):
@@ -82,14 +81,6 @@ class RefitResult(NamedTuple):
             "loss_before": list(self.loss_before),
             "loss_after": list(self.loss_after),
         }
-
-
-def _hinge(y: jax.Array, target: jax.Array, tolerance: float) -> jax.Array:
-    """Per-entry hinge ``max(|y - t| - tolerance, 0)``, one-sided at the outer levels."""
-    residual = y - target
-    excess = jnp.maximum(jnp.abs(residual) - tolerance, 0.0)
-    free = ((target == 0) & (residual < 0)) | ((target == _TOP_LEVEL) & (residual > 0))
-    return jnp.where(free, 0.0, excess)
 
 
 def _product(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -139,7 +130,7 @@ def _line_scan(table, w, direction, tolerance: float):
         y = _product(h, w)[:, None, :] + steps[None, :, None] * _product(h, direction)[:, None, :]
         target = t[:, None, :]
         weight = ok[:, None, None]
-        loss = jnp.sum(jnp.where(weight, _hinge(y, target, tolerance) ** 2, 0.0), axis=0)
+        loss = jnp.sum(jnp.where(weight, receiver_hinge(y, target, tolerance) ** 2, 0.0), axis=0)
         wrong = jnp.sum(weight & (receiver(y) != target), axis=0)
         return (carry[0] + loss, carry[1] + wrong), None
 
@@ -156,7 +147,7 @@ def _newton_target(table, w, tolerance: float):
     def accumulate(carry, chunk):
         h, t, ok = chunk
         y = _product(h, w)
-        active = ok[:, None] & (_hinge(y, t, tolerance) > 0)
+        active = ok[:, None] & (receiver_hinge(y, t, tolerance) > 0)
         goal = t + tolerance * jnp.sign(y - t)
         weighted = h[:, None, :] * active[:, :, None]  # [chunk, K, F + 1]
         gram = jnp.einsum("ckf,cg->kfg", weighted, h, precision=jax.lax.Precision.HIGHEST)
