@@ -152,3 +152,32 @@ def test_train_refit_options_reach_the_config_and_an_approximated_last_matrix_is
     bad = runner.invoke(main, [*args, *refit, "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert "refit_iterations=3" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_train_finish_options_reach_the_config_and_a_bad_step_is_one_line(tmp_path):
+    runner = CliRunner()
+    args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    finish = ["--finish-rounds", "2", "--finish-learning-rate", "1e-3"]
+    trained = runner.invoke(main, [*args, *finish, "--out", str(tmp_path / "a"), "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads(trained.output)["status"] == "finished"
+    document = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert document["config"]["finish_rounds"] == 2
+    assert document["config"]["finish_learning_rate"] == 1e-3
+    finish_record = document["history"]["finish"]
+    assert finish_record["wrong_after"] == document["total"] - document["correct"]
+    assert finish_record["wrong_after"] <= finish_record["wrong_before"]
+    bad = runner.invoke(
+        main,
+        [
+            *args,
+            "--finish-rounds",
+            "1",
+            "--finish-learning-rate",
+            "-1",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "finish_learning_rate" in bad.output and len(bad.output.strip().splitlines()) == 1

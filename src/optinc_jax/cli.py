@@ -375,6 +375,18 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     help="Dead zone of the refit's hinge, in symbol units, in (0, 0.5) [default: 0.35].",
 )
 @click.option(
+    "--finish-rounds",
+    type=click.IntRange(min=0),
+    help="After the last epoch (before the refit), this many rounds of the hinge "
+    "finishing: every matrix trained on the exact gradient of the receiver hinge over the "
+    "whole grid (0: never, the paper's).",
+)
+@click.option(
+    "--finish-learning-rate",
+    type=float,
+    help="The finishing's constant Adam step [default: 1e-4].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -403,6 +415,8 @@ def train_command(
     condition_until: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
+    finish_rounds: int | None,
+    finish_learning_rate: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -436,6 +450,8 @@ def train_command(
         "condition_until": condition_until,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
+        "finish_rounds": finish_rounds,
+        "finish_learning_rate": finish_learning_rate,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

@@ -121,9 +121,19 @@ class TrainConfig:
             Newton iterations); 0 (the default) never. Not in the paper (gradient
             descent only). Needs a free last matrix.
         refit_tolerance: the refit's dead zone in symbol units, in ``(0, 0.5)``.
+        finish_rounds: after the last epoch (before the refit), this many rounds of the
+            hinge finishing, every matrix trained on the exact gradient of the receiver
+            hinge over the whole dataset
+            (:func:`~optinc_jax.learning.finish.finish_on_hard_set`); 0 (the default)
+            never. Not in the paper (its schedule ends the run).
+        finish_steps: Adam steps per finishing round, ``>= 1``.
+        finish_learning_rate: the finishing's constant Adam step, ``> 0``.
+        finish_tolerance: the finishing hinge's dead zone in symbol units, in ``(0, 0.5)``.
+        finish_slack: how far inside that dead zone an input is still trained on, in
+            ``[0, finish_tolerance]``.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
-    ``stage2_tolerance``, ``condition_until`` and ``refit_*`` fields are
+    ``stage2_tolerance``, ``condition_until``, ``refit_*`` and ``finish_*`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -161,6 +171,11 @@ class TrainConfig:
     condition_until: int = 0
     refit_iterations: int = 0
     refit_tolerance: float = 0.35
+    finish_rounds: int = 0
+    finish_steps: int = 5
+    finish_learning_rate: float = 1e-4
+    finish_tolerance: float = 0.35
+    finish_slack: float = 0.1
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -216,6 +231,20 @@ class TrainConfig:
             low_inclusive=False,
             high_inclusive=False,
         )
+        require_int("finish_rounds", self.finish_rounds, 0)
+        require_int("finish_steps", self.finish_steps, 1)
+        require_real(
+            "finish_learning_rate", self.finish_learning_rate, low=0.0, low_inclusive=False
+        )
+        require_real(
+            "finish_tolerance",
+            self.finish_tolerance,
+            low=0.0,
+            high=0.5,
+            low_inclusive=False,
+            high_inclusive=False,
+        )
+        require_real("finish_slack", self.finish_slack, low=0.0, high=self.finish_tolerance)
         last_matrix = scenario.num_matrices
         if self.refit_iterations and last_matrix in self.approx_layers():
             raise ValueError(
@@ -393,6 +422,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "stage2_tolerance",
             "condition_until",
             "refit_",
+            "finish_",
         )
     )
 }

@@ -59,6 +59,7 @@ from optinc_jax.learning.finetune import (
     finetune_circuit,
     finetune_summary,
 )
+from optinc_jax.learning.finish import finish_on_hard_set
 from optinc_jax.learning.focus import find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
@@ -488,6 +489,8 @@ def _train_locked(
                 bar.close()
                 _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
             history["loss"].append(loss)
+            if epoch == config.epochs and config.finish_rounds:
+                state = _finish_at_end(config, setup, epoch, state, history, mesh)
             if epoch == config.epochs and config.refit_iterations:
                 state = _refit_at_end(config, setup, epoch, state, history, mesh)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -613,6 +616,45 @@ def _refit_at_end(
     )
     history["refit"] = {**refit.to_json(), "seconds": time.perf_counter() - tic}
     state = state._replace(params=with_last_layer(state.params, refit.kernel, refit.bias))
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    return state
+
+
+def _finish_at_end(
+    config: TrainConfig,
+    setup: TrainingSetup,
+    epoch: int,
+    state: TrainState,
+    history: dict,
+    mesh: Mesh | None,
+) -> TrainState:
+    """The hinge finishing after the last epoch (``finish_rounds``); not in the paper.
+
+    Runs on the hardware network (what the evaluation sees) and replaces every matrix of
+    the state with the finished ones, which the last checkpoint then holds; the
+    approximated ones stay projected. Its counts go to ``history["finish"]``. It is
+    deterministic (whole-dataset gradients, no draw), so a resumed run finishes to the
+    same network. It runs on one device, as the refit does.
+    """
+    tic = time.perf_counter()
+    params = jax.device_get(_hardware_params(config, setup.approx_layers, epoch, state.params))
+    finish = finish_on_hard_set(
+        setup.apply_fn,
+        params,
+        setup.dataset,
+        approx_layers=setup.approx_layers,
+        rounds=config.finish_rounds,
+        steps=config.finish_steps,
+        learning_rate=config.finish_learning_rate,
+        tolerance=config.finish_tolerance,
+        slack=config.finish_slack,
+        side=config.approx_side,
+        refine_steps=config.refine_steps,
+        chunk_size=config.eval_chunk_size or default_chunk_size(),
+    )
+    history["finish"] = {**finish.to_json(), "seconds": time.perf_counter() - tic}
+    state = state._replace(params=finish.params)
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     return state
