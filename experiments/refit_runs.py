@@ -1,18 +1,24 @@
-"""Last-layer refit of finished runs: what the refit would have changed at their end.
+"""Hinge finishing and last-layer refit of finished runs: what they change at their end.
 
 Usage, from the repository root::
 
     python -m experiments.refit_runs LABEL=RUN_DIR [LABEL=RUN_DIR ...]
-        [--tolerance 0.35] [--iterations 60] [--out results/refit] [--json]
+        [--tolerance 0.35] [--iterations 60] [--finish-rounds 0] [--finish-steps 5]
+        [--finish-learning-rate 1e-4] [--finish-slack 0.1] [--out results/refit] [--json]
 
-For every run directory it reloads the final projected network (``load_run``), refits its
-last matrix over the run's dataset (``refit_last_layer``) and evaluates both networks
-exhaustively. That is the computation ``TrainConfig(refit_iterations=...)`` performs after
-a run's last epoch, so it measures the refit on runs already trained without training
-them again. A run whose last matrix is approximated is reported as skipped.
+For every run directory it reloads the final projected network (``load_run``), optionally
+finishes every matrix on the exact gradient of the receiver hinge (``finish_on_hard_set``,
+``--finish-rounds N``, keeping the run's approximated matrices projected), refits the last
+matrix over the run's dataset (``refit_last_layer``) and evaluates the networks
+exhaustively. The refit is the computation ``TrainConfig(refit_iterations=...)`` performs
+after a run's last epoch, so this measures both on runs already trained without training
+them again. A run whose last matrix is approximated is refit-skipped (and reported as
+skipped when no finishing is asked for).
 
-Writes ``OUT/refit_runs.json`` (strict JSON): per run, the wrong inputs before and after,
-the wrongly decided symbols per position, the error histogram after, the refit's seconds.
+Writes ``OUT/refit_runs.json`` (strict JSON): per run, the wrong inputs before, after the
+finishing and after the refit, the wrongly decided symbols per position, the error
+histogram at the end, the seconds of each; and ``OUT/refit_runs.png``, the wrong inputs of
+every run at each of those points.
 """
 
 import os
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from optinc_jax.learning.evaluate import evaluate_exhaustive
+from optinc_jax.learning.finish import finish_on_hard_set
 from optinc_jax.learning.refit import refit_last_layer
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import load_run
@@ -35,37 +42,108 @@ from optinc_jax.learning.trainer import load_run
 __all__ = ["main", "refit_run"]
 
 
-def refit_run(run_dir: str | Path, *, tolerance: float, iterations: int) -> dict[str, Any]:
-    """Refits one finished run's last matrix; the record of before and after.
+def refit_run(
+    run_dir: str | Path,
+    *,
+    tolerance: float,
+    iterations: int,
+    finish_rounds: int = 0,
+    finish_steps: int = 5,
+    finish_learning_rate: float = 1e-4,
+    finish_slack: float = 0.1,
+) -> dict[str, Any]:
+    """Finishes (optionally) and refits one finished run; the record of before and after.
 
     Raises:
         CheckpointError: if the directory holds no loadable run.
     """
     run = load_run(run_dir)
-    last = len(run.scenario.layers) - 1
-    if last in run.approx_layers:
+    last_free = len(run.scenario.layers) - 1 not in run.approx_layers
+    if not last_free and finish_rounds == 0:
         return {"run_dir": str(run_dir), "status": "skipped", "reason": "last matrix approximated"}
     before = evaluate_exhaustive(run.apply_fn, run.params, run.dataset)
-    tic = time.perf_counter()
-    refit = refit_last_layer(
-        run.apply_fn, run.params, run.dataset, tolerance=tolerance, iterations=iterations
-    )
-    seconds = time.perf_counter() - tic
-    after = evaluate_exhaustive(run.apply_fn, refit.params, run.dataset)
-    return {
+    record: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "status": "refit",
+        "status": "refit" if last_free else "finished",
         "scenario": run.scenario.name,
         "approx": list(run.approx_layers),
         "epochs": run.epoch,
         "wrong_before": before.total - before.correct,
-        "wrong_after": after.total - after.correct,
         "accuracy_before": before.accuracy,
-        "accuracy_after": after.accuracy,
-        "error_histogram_after": after.to_json()["error_histogram"],
-        "refit_seconds": seconds,
-        **refit.to_json(),
     }
+    params = run.params
+    if finish_rounds:
+        tic = time.perf_counter()
+        finish = finish_on_hard_set(
+            run.apply_fn,
+            params,
+            run.dataset,
+            approx_layers=run.approx_layers,
+            rounds=finish_rounds,
+            steps=finish_steps,
+            learning_rate=finish_learning_rate,
+            tolerance=tolerance,
+            slack=finish_slack,
+            side=run.config.approx_side,
+            refine_steps=run.config.refine_steps,
+        )
+        record["finish_seconds"] = time.perf_counter() - tic
+        record["finish"] = finish.to_json()
+        record["wrong_after_finish"] = finish.wrong_after
+        params = finish.params
+    if last_free:
+        tic = time.perf_counter()
+        refit = refit_last_layer(
+            run.apply_fn, params, run.dataset, tolerance=tolerance, iterations=iterations
+        )
+        record["refit_seconds"] = time.perf_counter() - tic
+        record.update(refit.to_json())
+        params = refit.params
+    after = evaluate_exhaustive(run.apply_fn, params, run.dataset)
+    record["wrong_after"] = after.total - after.correct
+    record["accuracy_after"] = after.accuracy
+    record["error_histogram_after"] = after.to_json()["error_histogram"]
+    return record
+
+
+def _figure(document: dict, path: Path) -> None:
+    """Wrong inputs of every run before, after the finishing and after the refit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {
+        label: record for label, record in document["runs"].items() if record["status"] != "skipped"
+    }
+    if not runs:
+        return
+    points = [("before", "wrong_before"), ("finished", "wrong_after_finish")]
+    points.append(("finished and refit" if document["finish_rounds"] else "refit", "wrong_after"))
+    fig, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(runs) + 2), 3.6))
+    width = 0.8 / len(points)
+    for offset, (name, key) in enumerate(points):
+        heights = [record.get(key, 0) for record in runs.values()]
+        if not any(key in record for record in runs.values()):
+            continue
+        bars = axis.bar(
+            [i + (offset - (len(points) - 1) / 2) * width for i in range(len(runs))],
+            heights,
+            width,
+            label=name,
+        )
+        axis.bar_label(bars, fontsize=7)
+    axis.set_xticks(range(len(runs)), list(runs), fontsize=8, rotation=15)
+    axis.set(ylabel="wrong inputs (exhaustive)", yscale="symlog")
+    axis.set_title(
+        f"hinge finishing ({document['finish_rounds']} rounds) and last-layer refit "
+        f"(tolerance {document['tolerance']:g})",
+        fontsize=9,
+    )
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
     parser.add_argument("--tolerance", type=float, default=0.35)
     parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--finish-rounds", type=int, default=0)
+    parser.add_argument("--finish-steps", type=int, default=5)
+    parser.add_argument("--finish-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--finish-slack", type=float, default=0.1)
     parser.add_argument("--out", default="results/refit")
     parser.add_argument("--json", action="store_true", help="print the result document")
     args = parser.parse_args(argv)
@@ -83,24 +165,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not sep or not label or not run_dir:
             parser.error(f"a run must be given as LABEL=RUN_DIR, got {text!r}")
         labelled.append((label, run_dir))
-    document = {"tolerance": args.tolerance, "iterations": args.iterations, "runs": {}}
+    document = {
+        "tolerance": args.tolerance,
+        "iterations": args.iterations,
+        "finish_rounds": args.finish_rounds,
+        "finish_steps": args.finish_steps,
+        "finish_learning_rate": args.finish_learning_rate,
+        "finish_slack": args.finish_slack,
+        "runs": {},
+    }
+    out = Path(args.out)
     for label, run_dir in labelled:
         try:
-            record = refit_run(run_dir, tolerance=args.tolerance, iterations=args.iterations)
+            record = refit_run(
+                run_dir,
+                tolerance=args.tolerance,
+                iterations=args.iterations,
+                finish_rounds=args.finish_rounds,
+                finish_steps=args.finish_steps,
+                finish_learning_rate=args.finish_learning_rate,
+                finish_slack=args.finish_slack,
+            )
         except (OSError, ValueError) as error:
             print(f"error: {label}: {error}", file=sys.stderr)
             sys.exit(1)
         document["runs"][label] = record
-        if record["status"] == "refit":
+        if record["status"] != "skipped":
+            finished = record.get("wrong_after_finish", "-")
             print(
-                f"{label}: {record['wrong_before']} -> {record['wrong_after']} wrong "
-                f"(symbols {record['wrong_symbols_before']} -> {record['wrong_symbols_after']}, "
-                f"{record['refit_seconds']:.0f} s)",
+                f"{label}: {record['wrong_before']} -> {finished} (finished) -> "
+                f"{record['wrong_after']} wrong",
                 file=sys.stderr,
             )
-        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(out / "refit_runs.json", document)
+    _figure(document, out / "refit_runs.png")
     if args.json:
         print(json.dumps(document, allow_nan=False))
 

@@ -38,3 +38,33 @@ def test_refits_a_stored_run_and_skips_an_approximated_last_matrix(tmp_path, cap
     loaded = load_run(tmp_path / "free")
     again = evaluate_exhaustive(loaded.apply_fn, loaded.params, loaded.dataset)
     assert again.correct == free.evaluation.correct
+
+
+def test_finishes_every_run_before_the_refit_and_draws_the_figure(tmp_path, capsys):
+    _short_run(tmp_path / "free", "none")
+    _short_run(tmp_path / "approx", None)
+    out = tmp_path / "out"
+    refit_runs.main(
+        [
+            f"free={tmp_path / 'free'}",
+            f"approx={tmp_path / 'approx'}",
+            *("--iterations", "3", "--finish-rounds", "2", "--finish-learning-rate", "1e-3"),
+            *("--out", str(out), "--json"),
+        ]
+    )
+    document = json.loads(capsys.readouterr().out)
+    assert document["finish_rounds"] == 2
+    free, approx = document["runs"]["free"], document["runs"]["approx"]
+    assert (free["status"], approx["status"]) == ("refit", "finished")
+    for record in (free, approx):
+        finish = record["finish"]
+        assert len(finish["wrong_by_round"]) <= 3
+        assert finish["wrong_before"] == record["wrong_before"]
+        assert record["wrong_after_finish"] == min(finish["wrong_by_round"])
+        assert record["wrong_after_finish"] <= record["wrong_before"]
+    # The refit starts from the finished network and never makes it worse; an approximated
+    # last matrix is not refit, so the finished network is the result.
+    assert free["wrong_after"] <= free["wrong_after_finish"]
+    assert approx["wrong_after"] == approx["wrong_after_finish"]
+    assert "wrong_symbols_after" not in approx
+    assert (out / "refit_runs.png").stat().st_size > 10_000
