@@ -589,6 +589,34 @@ def _train_locked(
     return TrainResult(evaluation, final_params, apply_fn, epoch, record)
 
 
+def _on_one_device_at_end(
+    name: str,
+    solve: Callable[[Any], tuple[Any, dict]],
+    config: TrainConfig,
+    setup: TrainingSetup,
+    epoch: int,
+    state: TrainState,
+    history: dict,
+    mesh: Mesh | None,
+) -> TrainState:
+    """Applies an end-of-run solve to the hardware network on one device.
+
+    ``solve(params) -> (new_params, record)`` gets the hardware parameters (what the
+    evaluation sees) fetched to the host: a mesh run's replicated copies would partition
+    its small solves over every device (on 8 virtual CPU devices the refit hung). The new
+    parameters replace the state's, which the last checkpoint then holds, re-replicated on
+    a mesh; ``history[name]`` gets the record and the seconds.
+    """
+    tic = time.perf_counter()
+    params = jax.device_get(_hardware_params(config, setup.approx_layers, epoch, state.params))
+    new_params, record = solve(params)
+    history[name] = {**record, "seconds": time.perf_counter() - tic}
+    state = state._replace(params=new_params)
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    return state
+
+
 def _refit_at_end(
     config: TrainConfig,
     setup: TrainingSetup,
@@ -599,26 +627,21 @@ def _refit_at_end(
 ) -> TrainState:
     """The last matrix re-solved after the last epoch (``refit_iterations``); not in the paper.
 
-    Runs on the hardware network (what the evaluation sees); the last matrix is free, so
-    the refit row replaces the trained one in the state, which the last checkpoint then
-    holds. Its counts go to ``history["refit"]``. It runs on one device: the parameters are
-    fetched first (a mesh run's replicated copies would partition its small solves over
-    every device; on 8 virtual CPU devices that hung).
+    The last matrix is free, so the refit row replaces the trained one; its counts go to
+    ``history["refit"]``.
     """
-    tic = time.perf_counter()
-    params = jax.device_get(_hardware_params(config, setup.approx_layers, epoch, state.params))
-    refit = refit_last_layer(
-        setup.apply_fn,
-        params,
-        setup.dataset,
-        tolerance=config.refit_tolerance,
-        iterations=config.refit_iterations,
-    )
-    history["refit"] = {**refit.to_json(), "seconds": time.perf_counter() - tic}
-    state = state._replace(params=with_last_layer(state.params, refit.kernel, refit.bias))
-    if mesh is not None:
-        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    return state
+
+    def solve(params):
+        refit = refit_last_layer(
+            setup.apply_fn,
+            params,
+            setup.dataset,
+            tolerance=config.refit_tolerance,
+            iterations=config.refit_iterations,
+        )
+        return with_last_layer(state.params, refit.kernel, refit.bias), refit.to_json()
+
+    return _on_one_device_at_end("refit", solve, config, setup, epoch, state, history, mesh)
 
 
 def _finish_at_end(
@@ -631,33 +654,29 @@ def _finish_at_end(
 ) -> TrainState:
     """The hinge finishing after the last epoch (``finish_rounds``); not in the paper.
 
-    Runs on the hardware network (what the evaluation sees) and replaces every matrix of
-    the state with the finished ones, which the last checkpoint then holds; the
-    approximated ones stay projected. Its counts go to ``history["finish"]``. It is
-    deterministic (whole-dataset gradients, no draw), so a resumed run finishes to the
-    same network. It runs on one device, as the refit does.
+    Every matrix of the state is replaced by the finished ones (the approximated ones stay
+    projected); its counts go to ``history["finish"]``. It is deterministic (whole-dataset
+    gradients, no draw), so a resumed run finishes to the same network.
     """
-    tic = time.perf_counter()
-    params = jax.device_get(_hardware_params(config, setup.approx_layers, epoch, state.params))
-    finish = finish_on_hard_set(
-        setup.apply_fn,
-        params,
-        setup.dataset,
-        approx_layers=setup.approx_layers,
-        rounds=config.finish_rounds,
-        steps=config.finish_steps,
-        learning_rate=config.finish_learning_rate,
-        tolerance=config.finish_tolerance,
-        slack=config.finish_slack,
-        side=config.approx_side,
-        refine_steps=config.refine_steps,
-        chunk_size=config.eval_chunk_size or default_chunk_size(),
-    )
-    history["finish"] = {**finish.to_json(), "seconds": time.perf_counter() - tic}
-    state = state._replace(params=finish.params)
-    if mesh is not None:
-        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    return state
+
+    def solve(params):
+        finish = finish_on_hard_set(
+            setup.apply_fn,
+            params,
+            setup.dataset,
+            approx_layers=setup.approx_layers,
+            rounds=config.finish_rounds,
+            steps=config.finish_steps,
+            learning_rate=config.finish_learning_rate,
+            tolerance=config.finish_tolerance,
+            slack=config.finish_slack,
+            side=config.approx_side,
+            refine_steps=config.refine_steps,
+            chunk_size=config.eval_chunk_size or default_chunk_size(),
+        )
+        return finish.params, finish.to_json()
+
+    return _on_one_device_at_end("finish", solve, config, setup, epoch, state, history, mesh)
 
 
 def _noise_finetune(
