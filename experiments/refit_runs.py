@@ -120,27 +120,46 @@ def _figure(document: dict, path: Path) -> None:
         return
     points = [("before", "wrong_before"), ("finished", "wrong_after_finish")]
     points.append(("finished and refit" if document["finish_rounds"] else "refit", "wrong_after"))
-    fig, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(runs) + 2), 3.6))
+    finished = {label: r["finish"] for label, r in runs.items() if "finish" in r}
+    fig, axes = plt.subplots(
+        1, 2 if finished else 1, figsize=(11 if finished else 6, 3.8), squeeze=False
+    )
+    axis = axes[0, 0]
     width = 0.8 / len(points)
     for offset, (name, key) in enumerate(points):
-        heights = [record.get(key, 0) for record in runs.values()]
         if not any(key in record for record in runs.values()):
             continue
         bars = axis.bar(
             [i + (offset - (len(points) - 1) / 2) * width for i in range(len(runs))],
-            heights,
+            [record.get(key, 0) for record in runs.values()],
             width,
             label=name,
         )
         axis.bar_label(bars, fontsize=7)
     axis.set_xticks(range(len(runs)), list(runs), fontsize=8, rotation=15)
-    axis.set(ylabel="wrong inputs (exhaustive)", yscale="symlog")
+    highest = max(record["wrong_before"] for record in runs.values())
+    axis.set(ylabel="wrong inputs (exhaustive)", yscale="symlog", ylim=(0, 8 * highest))
     axis.set_title(
         f"hinge finishing ({document['finish_rounds']} rounds) and last-layer refit "
         f"(tolerance {document['tolerance']:g})",
         fontsize=9,
     )
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left")
+    if finished:
+        rounds = axes[0, 1]
+        for label, finish in finished.items():
+            line = rounds.plot(finish["wrong_by_round"], lw=1, label=label)[0]
+            rounds.plot(
+                finish["best_round"], finish["wrong_after"], "o", color=line.get_color(), ms=4
+            )
+        rounds.set(
+            xlabel="finishing round (0: the trained network)",
+            ylabel="wrong inputs (exhaustive)",
+            yscale="log",
+            title="wrong inputs at every round (dot: the one kept)",
+        )
+        rounds.title.set_fontsize(9)
+        rounds.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
