@@ -31,8 +31,8 @@ returns a network with more wrong inputs than it was given.
 
 Measured on the 2-core CPU (README, "Training recipe", item 10): on the 8b8s network that
 ended its schedule at 389 wrong inputs, 40 rounds of 5 steps at learning rate 1e-4 took it
-to 279 (about 5 minutes), and the last-layer refit after it to 161, against 215 with the
-refit alone.
+to 279 (8 minutes, other jobs beside it), and the last-layer refit after it to 161, against
+215 with the refit alone.
 """
 
 import math
