@@ -194,3 +194,24 @@ def test_finish_fields_are_validated_and_optional_in_records():
     config = TrainConfig(finish_rounds=3, finish_learning_rate=3e-4)
     assert TrainConfig.from_json(config.to_json()) == config
     assert not any(name.startswith("finish_") for name in TrainConfig().to_json())
+
+
+def test_a_hard_set_summed_in_chunks_takes_the_same_steps(short_run):
+    def finish(gradient_chunk):
+        return finish_on_hard_set(
+            short_run.apply_fn,
+            short_run.params,
+            short_run.dataset,
+            approx_layers=short_run.approx_layers,
+            rounds=1,
+            steps=2,
+            learning_rate=3e-4,
+            gradient_chunk=gradient_chunk,
+        )
+
+    whole, chunked = finish(1 << 18), finish(1000)  # 1000 does not divide the padded rows
+    assert whole.hard_by_round[0] > 3000  # several chunks, the last one padded
+    assert chunked.wrong_by_round == whole.wrong_by_round
+    assert whole.best_round == chunked.best_round == 1  # the stepped networks are compared
+    for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

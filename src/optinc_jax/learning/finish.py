@@ -56,6 +56,11 @@ __all__ = ["FinishResult", "finish_on_hard_set"]
 _SMALLEST_BUCKET = 1024
 """Fewest padded rows of a round's step; larger sets are padded to a power of two."""
 
+_GRADIENT_CHUNK = 1 << 18
+"""Default of the most hard rows whose gradient is taken at once (262,144: every 8b8s hard
+set measured fits one chunk; for the 8b8s/16b4s widths a chunk's forward and backward hold
+about 4.5 GB; larger sets are summed chunk by chunk)."""
+
 
 class FinishResult(NamedTuple):
     """Outcome of :func:`finish_on_hard_set`.
@@ -94,7 +99,7 @@ class FinishResult(NamedTuple):
 
 @partial(
     jax.jit,
-    static_argnames=("apply_fn", "dataset", "rows", "tolerance", "learning_rate"),
+    static_argnames=("apply_fn", "dataset", "rows", "chunk", "tolerance", "learning_rate"),
     donate_argnames=("params", "opt_state"),
 )
 def _finish_step(
@@ -106,20 +111,30 @@ def _finish_step(
     apply_fn: ONNApply,
     dataset: Dataset,
     rows: int,
+    chunk: int,
     tolerance: float,
     learning_rate: float,
 ):
-    """One Adam step of the whole-dataset hinge, its gradient taken over the hard rows."""
-    indices = hard_indices[:rows]
-    valid = jnp.arange(rows) < hard_count
-    samples = dataset.samples(indices)
+    """One Adam step of the whole-dataset hinge, its gradient taken over the hard rows.
 
-    def loss_fn(p):
+    The rows are summed in chunks of ``chunk`` (one chunk's activations in memory at a
+    time).
+    """
+    padded = -(-rows // chunk) * chunk
+    indices = jnp.pad(hard_indices[:rows], (0, padded - rows)).reshape(-1, chunk)
+    valid = (jnp.arange(padded) < hard_count).reshape(-1, chunk)
+
+    def chunk_loss(p, chunk_indices, chunk_valid):
+        samples = dataset.samples(chunk_indices)
         y = apply_fn(p, samples.inputs)
         per_input = jnp.sum(receiver_hinge(y, samples.target_symbols, tolerance) ** 2, axis=-1)
-        return jnp.sum(jnp.where(valid, per_input, 0.0)) / dataset.size
+        return jnp.sum(jnp.where(chunk_valid, per_input, 0.0)) / dataset.size
 
-    grads = jax.grad(loss_fn)(params)
+    def add_chunk(total, chunk_rows):
+        grads = jax.grad(chunk_loss)(params, *chunk_rows)
+        return jax.tree.map(jnp.add, total, grads), None
+
+    grads, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), (indices, valid))
     updates, opt_state = optax.adam(learning_rate).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -138,6 +153,7 @@ def finish_on_hard_set(
     side: str = "left",
     refine_steps: int = 0,
     chunk_size: int = 4096,
+    gradient_chunk: int = _GRADIENT_CHUNK,
 ) -> FinishResult:
     """Trains every matrix on the exact gradient of the dataset's receiver hinge.
 
@@ -156,6 +172,8 @@ def finish_on_hard_set(
         side: the projection's side (``"left"``: ``diag(d) U``), as the run's config.
         refine_steps: the projection's refinements, as the run's config.
         chunk_size: inputs per chunk of the scoring pass, ``>= 1``.
+        gradient_chunk: most hard inputs whose gradient is taken at once (memory: their
+            forward and backward), ``>= 1``; larger hard sets are summed in chunks.
 
     Returns:
         The :class:`FinishResult`; never more wrong inputs than given.
@@ -175,6 +193,7 @@ def finish_on_hard_set(
     rounds = require_int("rounds", rounds, 1)
     steps = require_int("steps", steps, 1)
     chunk_size = require_int("chunk_size", chunk_size, 1)
+    gradient_chunk = require_int("gradient_chunk", gradient_chunk, 1)
     approx_layers = tuple(approx_layers)
     opt_state = optax.adam(learning_rate).init(params)
     best_params, best_round, best_wrong, best_symbols = params, 0, None, None
@@ -209,6 +228,7 @@ def finish_on_hard_set(
                 apply_fn=apply_fn,
                 dataset=dataset,
                 rows=rows,
+                chunk=min(rows, gradient_chunk),
                 tolerance=tolerance,
                 learning_rate=learning_rate,
             )
