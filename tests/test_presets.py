@@ -62,3 +62,17 @@ def test_stop_margin_needs_focus():
     with pytest.raises(ValueError, match="checkpoint_every"):
         TrainConfig(focus_fraction=0.25, eval_every=3, checkpoint_every=10)
     assert TrainConfig(focus_fraction=0.25, stop_margin=0.1).stop_margin == 0.1
+
+
+def test_the_8b8s_row_without_approximation_is_conditioned_through_its_last_epoch():
+    # The preset trains the full row as the approximated one (README, "Training recipe",
+    # item 11): every epoch projects the matrices the scenario approximates, and only the
+    # end-of-run finishing and refit see free matrices.
+    approximated = TrainConfig.for_scenario("8b8s")
+    full = TrainConfig.for_scenario("8b8s", approx="none")
+    assert full.approx_layers() == () and approximated.approx_layers() == (2, 3, 4, 5, 6, 7)
+    for epoch in (1, full.switch_epoch, full.epochs):
+        assert full.conditioned_layers(epoch) == approximated.conditioned_layers(epoch)
+    assert full.conditioned_layers(full.epochs + 1) == ()
+    # the approximated row is what it was: its own matrices, projected to the end
+    assert approximated.conditioned_layers(approximated.epochs + 1) == (2, 3, 4, 5, 6, 7)

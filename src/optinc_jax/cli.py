@@ -360,7 +360,8 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "--condition-until",
     type=click.IntRange(min=0),
     help="Project the matrices the scenario approximates through this epoch even when "
-    "--approx keeps them full, then train them freely (0: never, the paper's).",
+    "--approx keeps them full, then train them freely (0: never, the paper's) "
+    "[default: the preset's, else 0].",
 )
 @click.option(
     "--refit-iterations",

@@ -79,8 +79,10 @@ class TrainConfig:
             the same schedule; from then on they train freely. A conditioning step: the
             projected rows of 8b8s ended lower than the free ones on every recipe, but
             released at epoch 370 of 400 the free matrices ended no better (988 wrong
-            against 978; README, "Training recipe"). Differs from the paper (its rows
-            without approximation train without projection); 0 (the default) never.
+            against 978; README, "Training recipe"). The 8b8s preset conditions through
+            its last epoch, so only the finishing and the refit see free matrices.
+            Differs from the paper (its rows without approximation train without
+            projection); 0 (the default) never.
         approx_side: ``"left"`` (``diag(d) U``) or ``"right"`` (``U diag(d)``).
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
