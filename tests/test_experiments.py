@@ -129,6 +129,12 @@ def test_quick_budget_caps_large_datasets_only():
         12,
     )
     assert budget.startswith("quick") and "one exhaustive evaluation at the end" in budget
+    # a cut schedule drops the preset's finishing (most of the grid would be hard)
+    cut_8b8s, _ = tables.row_config(table1.ROWS[3], quick)
+    assert cut_8b8s.resolved_scenario().name == "8b8s" and cut_8b8s.epochs == 20
+    assert TrainConfig.for_scenario("8b8s").finish_rounds > 0 == cut_8b8s.finish_rounds
+    full_8b8s, _ = tables.row_config(table1.ROWS[3], configs.table_preset("full"))
+    assert full_8b8s.finish_rounds == TrainConfig.for_scenario("8b8s").finish_rounds
     full, budget = tables.row_config(table1.ROWS[7], configs.table_preset("full"))
     assert full.steps_per_epoch == 2000
     preset = TrainConfig.for_scenario("16b4s")  # full keeps the preset's schedule
@@ -153,6 +159,7 @@ def test_quick_budget_caps_large_datasets_only():
     )
     assert (overridden.epochs, overridden.steps_per_epoch, overridden.eval_every) == (3, 4, 3)
     assert budget == "quick, overridden: 3 epochs x 4 steps"
+    assert tables.row_config(table1.ROWS[3], quick.replace(epochs=3))[0].finish_rounds == 0
 
 
 def test_error_shares():
