@@ -11,9 +11,10 @@ epoch, evaluated every epoch, stop at the first projected 100 %). A larger one i
 ``capped_steps_per_epoch``
 steps (sampled with replacement when that is more than one pass), evaluated every
 ``capped_eval_every`` epochs (``None``: once, at the end); when the epochs are capped, loss
-stage 2 starts at :data:`SWITCH_FRACTION` of them, as in the default config, and the
-preset's hinge finishing (``finish_rounds``, 8b8s) is skipped: after a cut schedule most of
-the grid is hard, and its rounds would cost far more than the training.
+stage 2 starts at :data:`SWITCH_FRACTION` of them, as in the default config. A row trained
+for fewer epochs than its preset's skips the preset's hinge finishing (``finish_rounds``,
+8b8s): after a cut schedule most of the grid is hard, and its rounds would cost far more
+than the training.
 
 ========  ======================  =======================================================
 preset    datasets trained full   larger datasets

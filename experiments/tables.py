@@ -117,19 +117,9 @@ def select_rows(rows: Sequence[PaperRow], names: Sequence[str] | None) -> list[P
     return [row for row in rows if row.name in names]
 
 
-def _without_finishing(train: TrainConfig) -> TrainConfig:
-    """A cut schedule skips the preset's hinge finishing (``finish_rounds``).
-
-    The finishing scores the grid and steps over its hard inputs every round; after a cut
-    schedule most of the grid is hard, so its 40 rounds would cost far more than the
-    budget's training (an 8b8s row: tens of minutes on the 2-core CPU).
-    """
-    return train.replace(finish_rounds=0)
-
-
 def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
     """The training config of one row on a budget, and a sentence describing the budget."""
-    train = TrainConfig.for_scenario(config.scenario or row.scenario, approx=row.approx)
+    train = preset = TrainConfig.for_scenario(config.scenario or row.scenario, approx=row.approx)
     scenario = train.resolved_scenario()
     size = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs).size
     if size > config.full_pass_samples:
@@ -146,8 +136,6 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
             # a focused run rebuilds its hard set from a checkpoint: checkpoint on evaluations
             checkpoint_every=config.capped_eval_every or epochs,
         )
-        if config.capped_epochs is not None:
-            train = _without_finishing(train)
         evaluations = (
             "one exhaustive evaluation at the end"
             if train.eval_every >= epochs
@@ -172,11 +160,16 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
             eval_every=min(train.eval_every, epochs),
             checkpoint_every=min(train.eval_every, epochs),
         )
-        train = _without_finishing(train)
         budget = (
             f"{config.preset}, overridden: {train.epochs} epochs x "
             f"{train.steps_per_epoch or 'one pass of'} steps"
         )
+    if train.epochs < preset.epochs and train.finish_rounds:
+        # The finishing scores the grid and steps over its hard inputs every round; after a
+        # cut schedule most of the grid is hard, and its rounds would cost far more than the
+        # budget's training (an 8b8s row: tens of minutes on the 2-core CPU).
+        train = train.replace(finish_rounds=0)
+        budget += ", without the preset's hinge finishing"
     return train, budget
 
 

@@ -130,11 +130,16 @@ def test_quick_budget_caps_large_datasets_only():
     )
     assert budget.startswith("quick") and "one exhaustive evaluation at the end" in budget
     # a cut schedule drops the preset's finishing (most of the grid would be hard)
-    cut_8b8s, _ = tables.row_config(table1.ROWS[3], quick)
+    preset_8b8s = TrainConfig.for_scenario("8b8s")
+    assert preset_8b8s.finish_rounds > 0
+    cut_8b8s, cut_budget = tables.row_config(table1.ROWS[3], quick)
     assert cut_8b8s.resolved_scenario().name == "8b8s" and cut_8b8s.epochs == 20
-    assert TrainConfig.for_scenario("8b8s").finish_rounds > 0 == cut_8b8s.finish_rounds
-    full_8b8s, _ = tables.row_config(table1.ROWS[3], configs.table_preset("full"))
-    assert full_8b8s.finish_rounds == TrainConfig.for_scenario("8b8s").finish_rounds
+    assert cut_8b8s.finish_rounds == 0 and cut_budget.endswith(
+        "without the preset's hinge finishing"
+    )
+    full_8b8s, full_budget = tables.row_config(table1.ROWS[3], configs.table_preset("full"))
+    assert full_8b8s.finish_rounds == preset_8b8s.finish_rounds
+    assert "finishing" not in full_budget
     full, budget = tables.row_config(table1.ROWS[7], configs.table_preset("full"))
     assert full.steps_per_epoch == 2000
     preset = TrainConfig.for_scenario("16b4s")  # full keeps the preset's schedule
@@ -160,6 +165,11 @@ def test_quick_budget_caps_large_datasets_only():
     assert (overridden.epochs, overridden.steps_per_epoch, overridden.eval_every) == (3, 4, 3)
     assert budget == "quick, overridden: 3 epochs x 4 steps"
     assert tables.row_config(table1.ROWS[3], quick.replace(epochs=3))[0].finish_rounds == 0
+    # other steps per epoch over the preset's epochs cut no epoch: the finishing stays
+    full_budget_steps = configs.table_preset("full").replace(steps_per_epoch=4)
+    more_steps = tables.row_config(table1.ROWS[3], full_budget_steps)[0]
+    assert more_steps.epochs == preset_8b8s.epochs
+    assert more_steps.finish_rounds == preset_8b8s.finish_rounds
 
 
 def test_error_shares():
