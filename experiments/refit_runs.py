@@ -4,11 +4,13 @@ Usage, from the repository root::
 
     python -m experiments.refit_runs LABEL=RUN_DIR [LABEL=RUN_DIR ...]
         [--tolerance 0.35] [--iterations 60] [--finish-rounds 0] [--finish-steps 5]
-        [--finish-learning-rate 1e-4] [--finish-slack 0.1] [--out results/refit] [--json]
+        [--finish-learning-rate 1e-4] [--finish-slack 0.1] [--finish-balance]
+        [--out results/refit] [--json]
 
 For every run directory it reloads the final projected network (``load_run``), optionally
 finishes every matrix on the exact gradient of the receiver hinge (``finish_on_hard_set``,
-``--finish-rounds N``, keeping the run's approximated matrices projected), refits the last
+``--finish-rounds N``, keeping the run's approximated matrices projected; with
+``--finish-balance`` every target weighs the same in its hinge), refits the last
 matrix over the run's dataset (``refit_last_layer``) and evaluates the networks
 exhaustively. The refit is the computation ``TrainConfig(refit_iterations=...)`` performs
 after a run's last epoch, so this measures both on runs already trained without training
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from optinc_jax.learning.balance import target_classes
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.finish import finish_on_hard_set
 from optinc_jax.learning.refit import refit_last_layer
@@ -51,6 +54,7 @@ def refit_run(
     finish_steps: int = 5,
     finish_learning_rate: float = 1e-4,
     finish_slack: float = 0.1,
+    finish_balance: bool = False,
 ) -> dict[str, Any]:
     """Finishes (optionally) and refits one finished run; the record of before and after.
 
@@ -86,6 +90,7 @@ def refit_run(
             slack=finish_slack,
             side=run.config.approx_side,
             refine_steps=run.config.refine_steps,
+            classes=target_classes(run.dataset) if finish_balance else None,
         )
         record["finish_seconds"] = time.perf_counter() - tic
         record["finish"] = finish.to_json()
@@ -175,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--finish-steps", type=int, default=5)
     parser.add_argument("--finish-learning-rate", type=float, default=1e-4)
     parser.add_argument("--finish-slack", type=float, default=0.1)
+    parser.add_argument(
+        "--finish-balance", action="store_true", help="weigh every target equally in the hinge"
+    )
     parser.add_argument("--out", default="results/refit")
     parser.add_argument("--json", action="store_true", help="print the result document")
     args = parser.parse_args(argv)
@@ -191,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "finish_steps": args.finish_steps,
         "finish_learning_rate": args.finish_learning_rate,
         "finish_slack": args.finish_slack,
+        "finish_balance": args.finish_balance,
         "runs": {},
     }
     out = Path(args.out)
@@ -204,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 finish_steps=args.finish_steps,
                 finish_learning_rate=args.finish_learning_rate,
                 finish_slack=args.finish_slack,
+                finish_balance=args.finish_balance,
             )
         except (OSError, ValueError) as error:
             print(f"error: {label}: {error}", file=sys.stderr)

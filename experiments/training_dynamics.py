@@ -155,7 +155,8 @@ def analyze_run(label: str, run_dir: str | Path, *, margin: float = 0.25) -> dic
         ``wrong_by_input_value``: per ONN input, its grid values with the count of inputs
         and of wrong ones at each, and their ratio; ``beside_a_step`` and ``at_a_wrap``:
         how many wrong inputs sit next to a step of ``t`` or at a wrap of the symbol they
-        get wrong, against the grid's share, see :func:`_wrong_beside_steps`).
+        get wrong, against the grid's share, and ``by_sum``: over which distinct sums ``S``
+        they spread and how rare those are, see :func:`_wrong_beside_steps`).
     """
     run_dir = Path(run_dir)
     record = json.loads((run_dir / RESULT_FILE).read_text())
@@ -243,6 +244,10 @@ def _wrong_beside_steps(
         symbols_per_input: r.
 
     Returns:
+        ``by_sum``: how the wrong inputs spread over the distinct sums ``S`` (``distinct``,
+        ``with_errors``, ``all_wrong``: sums every input of which is wrong) and how rare
+        their sums and targets are (medians of the inputs per sum and per target, over the
+        grid and over those with errors; ``None`` without errors);
         ``beside_a_step``: ``wrong`` (count), ``wrong_share`` and ``grid_share``;
         ``at_a_wrap``: per symbol (least significant first), ``wrong`` (inputs with that
         symbol wrong), ``at_wrap`` (how many of them sit at its wrap) and ``grid_share``.
@@ -263,7 +268,21 @@ def _wrong_beside_steps(
             }
         )
     wrong_beside = int(beside[wrong_indices].sum())
+    sums, sum_of_input, per_sum = np.unique(total, return_inverse=True, return_counts=True)
+    wrong_per_sum = np.bincount(sum_of_input[wrong_indices], minlength=len(sums))
+    with_errors = wrong_per_sum > 0
+    _, target_of_input, per_target = np.unique(target, return_inverse=True, return_counts=True)
+    wrong_targets = np.unique(target_of_input[wrong_indices])
     return {
+        "by_sum": {
+            "distinct": len(sums),
+            "with_errors": int(with_errors.sum()),
+            "all_wrong": int((with_errors & (wrong_per_sum == per_sum)).sum()),
+            "median_inputs_per_sum": float(np.median(per_sum)),
+            "median_inputs_per_sum_with_errors": _median_or_none(per_sum[with_errors]),
+            "median_inputs_per_target": float(np.median(per_target)),
+            "median_inputs_per_target_with_errors": _median_or_none(per_target[wrong_targets]),
+        },
         "beside_a_step": {
             "wrong": wrong_beside,
             "wrong_share": wrong_beside / wrong_indices.size if wrong_indices.size else 0.0,
@@ -271,6 +290,10 @@ def _wrong_beside_steps(
         },
         "at_a_wrap": at_a_wrap,
     }
+
+
+def _median_or_none(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if values.size else None
 
 
 def _wrong_by_value(column: np.ndarray, wrong_indices: np.ndarray) -> dict[str, list]:

@@ -116,7 +116,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     options = [
         *("--learning-rate", "0.002", "--switch-epoch", "1"),
         *("--warmup", "0.1", "--symbol-tolerance", "0.2", "--stage2-tolerance", "0.3"),
-        *("--condition-until", "1"),
+        *("--condition-until", "1", "--revive-until", "2", "--balance", "0.25"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
@@ -124,12 +124,15 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     assert config["learning_rate"] == 0.002 and config["switch_epoch"] == 1
     assert config["warmup_fraction"] == 0.1 and config["symbol_tolerance"] == 0.2
     assert config["stage2_tolerance"] == 0.3 and config["condition_until"] == 1
+    assert config["revive_until"] == 2 and config["balance_fraction"] == 0.25
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
         ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
         ("--warmup", "1.0", "warmup_fraction"),
         ("--learning-rate", "nan", "learning_rate"),
         ("--condition-until", "-1", "condition-until"),
+        ("--revive-until", "-1", "revive-until"),
+        ("--balance", "1.0", "balance"),
     ]:
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -68,3 +68,18 @@ def test_finishes_every_run_before_the_refit_and_draws_the_figure(tmp_path, caps
     assert approx["wrong_after"] == approx["wrong_after_finish"]
     assert "wrong_symbols_after" not in approx
     assert (out / "refit_runs.png").stat().st_size > 10_000
+
+
+def test_a_balanced_finishing_is_passed_through_and_recorded(tmp_path, capsys):
+    _short_run(tmp_path / "free", "none")
+    common = ["--iterations", "1", "--finish-rounds", "2", "--finish-learning-rate", "1e-3"]
+    documents = {}
+    for name, extra in (("plain", []), ("balanced", ["--finish-balance"])):
+        refit_runs.main(
+            [f"free={tmp_path / 'free'}", *common, *extra, "--out", str(tmp_path / name), "--json"]
+        )
+        documents[name] = json.loads(capsys.readouterr().out)
+    assert not documents["plain"]["finish_balance"] and documents["balanced"]["finish_balance"]
+    plain, balanced = (documents[name]["runs"]["free"]["finish"] for name in documents)
+    assert plain["wrong_before"] == balanced["wrong_before"]
+    assert plain["wrong_by_round"] != balanced["wrong_by_round"]

@@ -42,6 +42,9 @@ def test_smoke_run_reports_each_run_and_its_wrong_inputs(tmp_path):
         # the staircase positions, against a brute force over the 8b4s grid
         beside, wraps = final["beside_a_step"], final["at_a_wrap"]
         assert beside["grid_share"] == pytest.approx(GRID_BESIDE_A_STEP)
+        by_sum = final["by_sum"]
+        assert by_sum["distinct"] == len(np.unique(_TOTAL))
+        assert by_sum["all_wrong"] <= by_sum["with_errors"] <= min(final["wrong"], 1 + _TOTAL.max())
         assert 0 <= beside["wrong"] <= final["wrong"]
         assert [w["wrong"] for w in wraps] == final["wrong_by_symbol"]
         for wrap, share in zip(wraps, GRID_AT_A_WRAP, strict=True):
@@ -81,6 +84,18 @@ def test_wrong_inputs_beside_steps_by_hand():
         sum(t % 3 != 1 for t in totals) / 100
     )
     assert [(w["wrong"], w["at_wrap"]) for w in report["at_a_wrap"]] == [(2, 1), (2, 1)]
+    # S = 20 has 3 inputs (s_1 = 5, 4, 3), S = 31 two, S = 45 one: that one is all wrong
+    by_sum = report["by_sum"]
+    assert (by_sum["distinct"], by_sum["with_errors"], by_sum["all_wrong"]) == (46, 3, 1)
+    assert by_sum["median_inputs_per_sum_with_errors"] == 2.0
+    per_sum = np.bincount(totals)
+    assert by_sum["median_inputs_per_sum"] == float(np.median(per_sum[per_sum > 0]))
+    per_target = np.bincount(target)
+    assert by_sum["median_inputs_per_target"] == float(np.median(per_target[per_target > 0]))
+    # targets 6, 10, 15
+    assert by_sum["median_inputs_per_target_with_errors"] == float(
+        np.median(per_target[[6, 10, 15]])
+    )
     assert report["at_a_wrap"][1]["grid_share"] == pytest.approx(
         sum((t // 3) % 16 in (15, 0) for t in totals) / 100
     )

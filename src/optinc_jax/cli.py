@@ -334,6 +334,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     help="Share of each minibatch drawn from the wrong and low-margin inputs (0: uniform, "
     "the paper's) [default: the scenario's preset].",
 )
+@click.option(
+    "--balance",
+    "balance_fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of each minibatch drawn with every target equally likely (0: uniform, the "
+    "paper's) [default: the scenario's preset].",
+)
 @click.option("--learning-rate", type=float, help="Peak Adam learning rate.")
 @click.option(
     "--switch-epoch", type=click.IntRange(min=0), help="First epoch of loss stage 2 (E1)."
@@ -364,6 +371,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "[default: the preset's, else 0].",
 )
 @click.option(
+    "--revive-until",
+    type=click.IntRange(min=0),
+    help="Re-initialize the hidden units dead on a draw of the grid after every epoch "
+    "through this one (ReDo; 0: never, the paper's) [default: the preset's, else 0].",
+)
+@click.option(
     "--refit-iterations",
     type=click.IntRange(min=0),
     help="After the last epoch, re-solve the last weight matrix over the whole grid for "
@@ -388,6 +401,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     help="The finishing's constant Adam step [default: 1e-4].",
 )
 @click.option(
+    "--finish-balance/--no-finish-balance",
+    default=None,
+    help="Weigh every target equally in the finishing's hinge (the plain sum over the "
+    "inputs without it) [default: the preset's, else off].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -408,16 +427,19 @@ def train_command(
     seed: int | None,
     stage2: str | None,
     focus_fraction: float | None,
+    balance_fraction: float | None,
     learning_rate: float | None,
     switch_epoch: int | None,
     warmup_fraction: float | None,
     symbol_tolerance: float | None,
     stage2_tolerance: float | None,
     condition_until: int | None,
+    revive_until: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
     finish_rounds: int | None,
     finish_learning_rate: float | None,
+    finish_balance: bool | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -443,16 +465,19 @@ def train_command(
         "seed": seed,
         "stage2": stage2,
         "focus_fraction": focus_fraction,
+        "balance_fraction": balance_fraction,
         "learning_rate": learning_rate,
         "switch_epoch": switch_epoch,
         "warmup_fraction": warmup_fraction,
         "symbol_tolerance": symbol_tolerance,
         "stage2_tolerance": stage2_tolerance,
         "condition_until": condition_until,
+        "revive_until": revive_until,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
         "finish_rounds": finish_rounds,
         "finish_learning_rate": finish_learning_rate,
+        "finish_balance": finish_balance,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

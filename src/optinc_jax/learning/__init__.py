@@ -3,7 +3,9 @@
 What lives here: the Flax NNX ONN and its value-keyed pure forward (``onn``), the
 two-stage loss (``loss``), the diagonal x unitary projection of weights (``projection``),
 the last-layer refit for the receiver (``refit``), the hinge finishing of every matrix
-(``finish``), the training configuration and
+(``finish``), counting and re-initializing dead ReLU units (``revival``), target-balanced
+sampling (``balance``), the training
+configuration and
 schedules (``config``), one jitted training epoch on any
 dataset (``step``), runs with resume and reload (``trainer``), exact exhaustive evaluation
 (``evaluate``), atomic checkpoints (``checkpoint``), export to plain arrays (``export``) and

@@ -83,6 +83,11 @@ class TrainConfig:
             its last epoch, so only the finishing and the refit see free matrices.
             Differs from the paper (its rows without approximation train without
             projection); 0 (the default) never.
+        revive_until: the epoch through which, after every epoch, the hidden units dead
+            on a draw of the dataset are re-initialized before the projection
+            (:func:`~optinc_jax.learning.revival.revive_dead_units`, ReDo; not in the
+            paper); 0 (the default) never. Each revival's counts go to
+            ``history["revived_units"]``.
         approx_side: ``"left"`` (``diag(d) U``) or ``"right"`` (``U diag(d)``).
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
@@ -103,6 +108,11 @@ class TrainConfig:
             (:mod:`optinc_jax.learning.focus`), in ``[0, 1)``; 0 samples uniformly. Not in
             the paper (uniform sampling). ``checkpoint_every`` must then be a multiple of
             ``eval_every``.
+        balance_fraction: share of every minibatch drawn with every target equally
+            likely (a target uniformly, then one of its inputs;
+            :mod:`optinc_jax.learning.balance`), in ``[0, 1)``; with ``focus_fraction``
+            the two shares must leave room for uniform draws. Not in the paper (uniform
+            sampling); 0 (the default) never.
         focus_margin: the decision margin, in symbol units, below which an input counts
             as hard; in ``(0, 0.5]``.
         stop_margin: with focus on, stop only at an evaluation that is 100 % *and* whose
@@ -133,9 +143,13 @@ class TrainConfig:
         finish_tolerance: the finishing hinge's dead zone in symbol units, in ``(0, 0.5)``.
         finish_slack: how far inside that dead zone an input is still trained on, in
             ``[0, finish_tolerance]``.
+        finish_balance: weigh every target equally in the finishing's hinge
+            (:func:`~optinc_jax.learning.balance.class_weights`) instead of every input.
+            Not in the paper; ``False`` (the default) sums over the inputs.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
-    ``stage2_tolerance``, ``condition_until``, ``refit_*`` and ``finish_*`` fields are
+    ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
+    ``refit_*`` and ``finish_*`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -166,11 +180,13 @@ class TrainConfig:
     noise_epochs: int = 0
     noise_learning_rate: float = 2e-4
     focus_fraction: float = 0.0
+    balance_fraction: float = 0.0
     focus_margin: float = 0.25
     stop_margin: float = 0.0
     symbol_tolerance: float = 0.0
     stage2_tolerance: float | None = None
     condition_until: int = 0
+    revive_until: int = 0
     refit_iterations: int = 0
     refit_tolerance: float = 0.35
     finish_rounds: int = 0
@@ -178,6 +194,7 @@ class TrainConfig:
     finish_learning_rate: float = 1e-4
     finish_tolerance: float = 0.35
     finish_slack: float = 0.1
+    finish_balance: bool = False
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -190,7 +207,13 @@ class TrainConfig:
             parse_approx(self.approx, scenario.num_matrices)
         for name in ("epochs", "batch_size", "project_every", "eval_every", "checkpoint_every"):
             require_int(name, getattr(self, name), 1)
-        for name in ("switch_epoch", "project_start", "refine_steps", "condition_until"):
+        for name in (
+            "switch_epoch",
+            "project_start",
+            "refine_steps",
+            "condition_until",
+            "revive_until",
+        ):
             require_int(name, getattr(self, name), 0)
         for name in ("steps_per_epoch", "eval_chunk_size"):
             if getattr(self, name) is not None:
@@ -215,6 +238,14 @@ class TrainConfig:
             )
         self._validate_noise()
         require_real("focus_fraction", self.focus_fraction, low=0.0, high=1.0, high_inclusive=False)
+        require_real(
+            "balance_fraction", self.balance_fraction, low=0.0, high=1.0, high_inclusive=False
+        )
+        if self.focus_fraction + self.balance_fraction >= 1.0:
+            raise ValueError(
+                f"focus_fraction ({self.focus_fraction}) + balance_fraction "
+                f"({self.balance_fraction}) must be below 1 (room for uniform draws)"
+            )
         require_real("focus_margin", self.focus_margin, low=0.0, high=0.5, low_inclusive=False)
         require_real("stop_margin", self.stop_margin, low=0.0, high=0.5)
         require_real(
@@ -247,6 +278,8 @@ class TrainConfig:
             high_inclusive=False,
         )
         require_real("finish_slack", self.finish_slack, low=0.0, high=self.finish_tolerance)
+        if not isinstance(self.finish_balance, bool):
+            raise ValueError(f"finish_balance must be a bool, got {self.finish_balance!r}")
         last_matrix = scenario.num_matrices
         if self.refit_iterations and last_matrix in self.approx_layers():
             raise ValueError(
@@ -423,6 +456,8 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "symbol_tolerance",
             "stage2_tolerance",
             "condition_until",
+            "revive_until",
+            "balance_fraction",
             "refit_",
             "finish_",
         )

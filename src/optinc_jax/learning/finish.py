@@ -45,6 +45,7 @@ import optax
 from flax import nnx
 
 from optinc_jax.encoding.dataset import Dataset
+from optinc_jax.learning.balance import TargetClasses, class_weights
 from optinc_jax.learning.focus import find_hard_samples
 from optinc_jax.learning.loss import receiver_hinge
 from optinc_jax.learning.onn import ONNApply
@@ -107,6 +108,7 @@ def _finish_step(
     opt_state,
     hard_indices: jax.Array,
     hard_count: jax.Array,
+    classes: TargetClasses | None,
     *,
     apply_fn: ONNApply,
     dataset: Dataset,
@@ -128,6 +130,8 @@ def _finish_step(
         samples = dataset.samples(chunk_indices)
         y = apply_fn(p, samples.inputs)
         per_input = jnp.sum(receiver_hinge(y, samples.target_symbols, tolerance) ** 2, axis=-1)
+        if classes is not None:
+            per_input = per_input * class_weights(classes, samples.target)
         return jnp.sum(jnp.where(chunk_valid, per_input, 0.0)) / dataset.size
 
     def add_chunk(total, chunk_rows):
@@ -154,6 +158,7 @@ def finish_on_hard_set(
     refine_steps: int = 0,
     chunk_size: int = 4096,
     gradient_chunk: int = _GRADIENT_CHUNK,
+    classes: TargetClasses | None = None,
 ) -> FinishResult:
     """Trains every matrix on the exact gradient of the dataset's receiver hinge.
 
@@ -174,6 +179,10 @@ def finish_on_hard_set(
         chunk_size: inputs per chunk of the scoring pass, ``>= 1``.
         gradient_chunk: most hard inputs whose gradient is taken at once (memory: their
             forward and backward), ``>= 1``; larger hard sets are summed in chunks.
+        classes: the dataset's samples grouped by target
+            (:func:`~optinc_jax.learning.balance.target_classes`) to weigh every target
+            equally in the hinge (:func:`~optinc_jax.learning.balance.class_weights`);
+            ``None`` (the default) weighs every input equally.
 
     Returns:
         The :class:`FinishResult`; never more wrong inputs than given.
@@ -225,6 +234,7 @@ def finish_on_hard_set(
                 opt_state,
                 hard.indices,
                 hard.count,
+                classes,
                 apply_fn=apply_fn,
                 dataset=dataset,
                 rows=rows,

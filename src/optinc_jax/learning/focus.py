@@ -28,16 +28,22 @@ from jax.typing import ArrayLike
 
 from optinc_jax.encoding.dataset import INT32_MAX, Dataset
 from optinc_jax.encoding.units import receiver
+from optinc_jax.learning.balance import TargetClasses, draw_balanced
 from optinc_jax.validation import require_int, require_real
 
 __all__ = [
     "HardSet",
+    "batch_share",
     "draw_epoch_indices",
     "find_hard_samples",
     "focus_draws",
     "symbol_margins",
 ]
 
+
+_BALANCE_STREAM = 2**31 - 1
+"""Folded into an epoch's key for its target-balanced draws (leaves the other draws as
+they were without balance)."""
 
 TOP_LEVEL = 3
 """Highest PAM4 level (levels are 0, 1, 2, 3 in symbol units)."""
@@ -179,8 +185,26 @@ def focus_draws(batch_size: int, focus_fraction: float) -> int:
         >>> focus_draws(128, 0.25)
         32
     """
+    return batch_share(batch_size, focus_fraction, name="focus_fraction")
+
+
+def batch_share(batch_size: int, fraction: float, *, name: str) -> int:
+    """Samples of every minibatch that a share ``fraction`` stands for.
+
+    Args:
+        batch_size: samples per minibatch, ``>= 1``.
+        fraction: share in ``[0, 1]``.
+        name: the share's name, for the error message.
+
+    Returns:
+        ``round(fraction x batch_size)``, at most ``batch_size - 1``.
+
+    Examples:
+        >>> batch_share(256, 0.25, name="balance_fraction")
+        64
+    """
     batch_size = require_int("batch_size", batch_size, 1)
-    fraction = require_real("focus_fraction", focus_fraction, low=0.0, high=1.0)
+    fraction = require_real(name, fraction, low=0.0, high=1.0)
     return min(round(fraction * batch_size), batch_size - 1)
 
 
@@ -193,6 +217,8 @@ def draw_epoch_indices(
     permutation_limit: int,
     focus: int = 0,
     hard: HardSet | None = None,
+    balance: int = 0,
+    classes: TargetClasses | None = None,
 ) -> jax.Array:
     """An epoch's minibatch indices, drawn on device (jittable; sizes are static).
 
@@ -201,7 +227,10 @@ def draw_epoch_indices(
     ``permutation_limit`` and covers the draws, otherwise uniform with replacement. With
     focus, the last ``focus`` columns of every minibatch are uniform draws from the hard
     set (uniform over the whole data while it is empty) and the other columns follow the
-    plain rule.
+    plain rule. With balance, the ``balance`` columns before those are drawn with every
+    target equally likely (:func:`~optinc_jax.learning.balance.draw_balanced`), from a key
+    folded off the epoch's: the plain columns are the same permutation cut shorter, the
+    hard columns the same as without balance.
 
     Args:
         key: PRNG key of the epoch.
@@ -211,12 +240,22 @@ def draw_epoch_indices(
         permutation_limit: largest dataset that is permuted.
         focus: hard draws per minibatch (:func:`focus_draws`), in ``[0, batch_size)``.
         hard: the :class:`HardSet`; ``None`` for no focus.
+        balance: target-balanced draws per minibatch (:func:`batch_share`); ``focus +
+            balance`` must be below ``batch_size``.
+        classes: the dataset's :class:`~optinc_jax.learning.balance.TargetClasses`;
+            ``None`` for no balance.
 
     Returns:
         ``[steps, batch_size]`` int32 indices in ``[0, S)``.
     """
     focus = focus if hard is not None else 0
-    plain = batch_size - focus
+    balance = balance if classes is not None else 0
+    if focus + balance >= batch_size:
+        raise ValueError(
+            f"focus ({focus}) + balance ({balance}) draws must leave room in a minibatch of "
+            f"{batch_size}"
+        )
+    plain = batch_size - focus - balance
     draws = steps * plain
     # Without focus the epoch key draws the permutation itself (the plain draw of earlier
     # versions, so their runs reproduce); with focus it is split three ways.
@@ -226,6 +265,10 @@ def draw_epoch_indices(
     else:
         indices = jax.random.randint(key_plain, (draws,), 0, size, dtype=jnp.int32)
     indices = indices.reshape(steps, plain)
+    if balance:
+        key_balance = jax.random.fold_in(key, _BALANCE_STREAM)
+        balanced = draw_balanced(key_balance, classes, (steps, balance))
+        indices = jnp.concatenate([indices, balanced], axis=1)
     if focus == 0:
         return indices
     position = jax.random.randint(

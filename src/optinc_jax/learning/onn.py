@@ -103,10 +103,23 @@ class ONN(nnx.Module):
         Returns:
             ``[..., h_last]`` ReLU outputs (``x`` itself, centred, for a one-matrix ONN).
         """
-        hidden = (x - self.input_shift) * self.input_scale
+        hidden = self.hidden_activations(x)
+        return hidden[-1] if hidden else (x - self.input_shift) * self.input_scale
+
+    def hidden_activations(self, x: jax.Array) -> list[jax.Array]:
+        """The ReLU outputs of every hidden layer, in order.
+
+        Args:
+            x: preprocessed inputs ``[..., I]``.
+
+        Returns:
+            One ``[..., h_l]`` array per hidden layer (an empty list for a one-matrix ONN).
+        """
+        hidden, activations = (x - self.input_shift) * self.input_scale, []
         for layer in self.layers[:-1]:
             hidden = jax.nn.relu(layer(hidden))
-        return hidden
+            activations.append(hidden)
+        return activations
 
 
 def build_onn(layers: Sequence[int], *, symbols_per_input: int, seed: int = 0) -> ONN:

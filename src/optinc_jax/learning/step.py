@@ -22,8 +22,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optinc_jax.encoding.dataset import Dataset
+from optinc_jax.learning.balance import TargetClasses
 from optinc_jax.learning.config import TrainConfig, make_optimizer
-from optinc_jax.learning.focus import HardSet, draw_epoch_indices, focus_draws
+from optinc_jax.learning.focus import HardSet, batch_share, draw_epoch_indices, focus_draws
 from optinc_jax.learning.loss import symbol_weights, two_stage_loss
 
 __all__ = ["DATA_AXIS", "PERMUTATION_LIMIT", "TrainState", "train_epoch"]
@@ -65,6 +66,7 @@ def train_epoch(
     steps: int,
     mesh: Mesh | None = None,
     hard: HardSet | None = None,
+    classes: TargetClasses | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of ``steps`` minibatches of the two-stage loss; jitted, state donated.
 
@@ -84,6 +86,10 @@ def train_epoch(
         hard: the inputs to oversample (:func:`~optinc_jax.learning.focus.find_hard_samples`);
             with ``config.focus_fraction > 0`` that share of every minibatch is drawn from
             them. ``None``: every sample is drawn by the plain rule.
+        classes: the dataset's samples grouped by target
+            (:func:`~optinc_jax.learning.balance.target_classes`); with
+            ``config.balance_fraction > 0`` that share of every minibatch is drawn with
+            every target equally likely. ``None``: no balanced draws.
 
     Returns:
         ``(new_state, mean_loss)``.
@@ -97,6 +103,8 @@ def train_epoch(
         permutation_limit=PERMUTATION_LIMIT,
         focus=focus_draws(config.batch_size, config.focus_fraction),
         hard=hard,
+        balance=batch_share(config.batch_size, config.balance_fraction, name="balance_fraction"),
+        classes=classes,
     )
     weights = symbol_weights(dataset.bits // 2, base=config.symbol_weight_base)
 

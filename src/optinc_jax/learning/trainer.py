@@ -45,6 +45,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optinc_jax.encoding.dataset import Dataset, DatasetSpec, make_dataset_spec
+from optinc_jax.learning.balance import TargetClasses, target_classes
 from optinc_jax.learning.checkpoint import CheckpointError, TrainCheckpointer
 from optinc_jax.learning.config import (
     TrainConfig,
@@ -69,6 +70,11 @@ from optinc_jax.learning.reporting import (
     evaluation_record,
     plot_training_curve,
     write_json_atomically,
+)
+from optinc_jax.learning.revival import (
+    dataset_unit_activity,
+    revive_dead_units,
+    revived_optimizer_state,
 )
 from optinc_jax.learning.run_lock import run_directory_lock
 from optinc_jax.learning.step import DATA_AXIS, PERMUTATION_LIMIT, TrainState, train_epoch
@@ -146,6 +152,8 @@ class TrainingSetup(NamedTuple):
         model: the freshly initialized ONN.
         apply_fn: its pure forward (compares by value).
         initial_state: initial parameters and optimizer state.
+        classes: the dataset's samples grouped by target, for a run with
+            ``balance_fraction > 0``; else ``None``.
     """
 
     scenario: Scenario
@@ -155,6 +163,7 @@ class TrainingSetup(NamedTuple):
     model: ONN
     apply_fn: ONNApply
     initial_state: TrainState
+    classes: TargetClasses | None = None
 
 
 def build_training(config: TrainConfig, dataset: Dataset | None = None) -> TrainingSetup:
@@ -193,6 +202,7 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
         model,
         apply_fn,
         TrainState(params, tx.init(params)),
+        target_classes(dataset) if config.balance_fraction > 0 else None,
     )
 
 
@@ -477,10 +487,13 @@ def _train_locked(
                 steps=steps,
                 mesh=mesh,
                 hard=hard,
+                classes=setup.classes,
             )
             epoch += 1
             loss = float(loss)
             finite = math.isfinite(loss) and bool(_all_finite(state.params))
+            if finite and epoch <= config.revive_until:
+                state = _revive(config, setup, epoch, state, history, mesh)
             if finite and projection_due(config, epoch):
                 projected = config.conditioned_layers(epoch)
                 state = state._replace(params=_project(config, projected, state.params))
@@ -574,6 +587,7 @@ def _train_locked(
         "dataset": _dataset_description(dataset),
         "config": config_json,
         "history": history,
+        "alive_units": _alive_units(config, setup, epoch, final_params),
     }
     if config.noise_epochs > 0:
         record["noise_finetune"] = _noise_finetune(
@@ -612,6 +626,56 @@ def _on_one_device_at_end(
     new_params, record = solve(params)
     history[name] = {**record, "seconds": time.perf_counter() - tic}
     state = state._replace(params=new_params)
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    return state
+
+
+_ACTIVITY_STREAM = 2**31
+"""Folded into the seed's key before the epoch for the unit-activity draws: far from any
+epoch number, so these keys never equal a training epoch's."""
+
+
+def _activity_key(config: TrainConfig, epoch: int) -> jax.Array:
+    seed_key = jax.random.key(config.seed)
+    return jax.random.fold_in(jax.random.fold_in(seed_key, _ACTIVITY_STREAM), epoch)
+
+
+def _alive_units(config: TrainConfig, setup: TrainingSetup, epoch: int, params) -> list[int]:
+    """Per hidden layer, the units alive after ``epoch``.
+
+    A unit is alive when it fires on some input of the draw of
+    :func:`~optinc_jax.learning.revival.dataset_unit_activity`.
+    """
+    key = _activity_key(config, epoch)
+    counts = dataset_unit_activity(setup.apply_fn, params, setup.dataset, key)
+    return [int(jnp.sum(count > 0)) for count in counts]
+
+
+def _revive(
+    config: TrainConfig,
+    setup: TrainingSetup,
+    epoch: int,
+    state: TrainState,
+    history: dict,
+    mesh: Mesh | None,
+) -> TrainState:
+    """Re-initializes the hidden units dead on a draw of the dataset after ``epoch``.
+
+    The draw's key follows from the seed and the epoch, so a resumed run revives what the
+    uninterrupted one did. ``history["revived_units"]`` gets one list per revival: the
+    units re-initialized in each hidden layer.
+    """
+    key = _activity_key(config, epoch)
+    counts = dataset_unit_activity(setup.apply_fn, state.params, setup.dataset, key)
+    dead = [count == 0 for count in counts]
+    history.setdefault("revived_epoch", []).append(epoch)
+    history.setdefault("revived_units", []).append([int(jnp.sum(mask)) for mask in dead])
+    if not any(history["revived_units"][-1]):
+        return state
+    params, masks = revive_dead_units(state.params, dead, jax.random.fold_in(key, 1))
+    tx = make_optimizer(config, config.epochs * setup.steps_per_epoch)
+    state = TrainState(params, revived_optimizer_state(tx, state.opt_state, masks))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     return state
@@ -658,6 +722,9 @@ def _finish_at_end(
     projected); its counts go to ``history["finish"]``. It is deterministic (whole-dataset
     gradients, no draw), so a resumed run finishes to the same network.
     """
+    classes = None
+    if config.finish_balance:
+        classes = setup.classes if setup.classes is not None else target_classes(setup.dataset)
 
     def solve(params):
         finish = finish_on_hard_set(
@@ -673,6 +740,7 @@ def _finish_at_end(
             side=config.approx_side,
             refine_steps=config.refine_steps,
             chunk_size=config.eval_chunk_size or default_chunk_size(),
+            classes=classes,
         )
         return finish.params, finish.to_json()
 
