@@ -1,7 +1,5 @@
 """Target-balanced sampling: exact grouping, equal class frequencies, wired into runs."""
 
-import dataclasses
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,6 @@ from optinc_jax import (
     class_weights,
     draw_balanced,
     draw_epoch_indices,
-    encode_pam4,
     find_hard_samples,
     finish_on_hard_set,
     load_run,
@@ -25,7 +22,6 @@ from optinc_jax import (
     target_classes,
     train_onn,
 )
-from optinc_jax.encoding.dataset import Samples
 from optinc_jax.learning.trainer import build_training
 
 
@@ -165,25 +161,6 @@ def test_class_weights_give_every_target_the_same_total():
     assert weights.max() / weights.min() == pytest.approx(counts.max() / counts.min(), rel=1e-5)
 
 
-@dataclasses.dataclass(frozen=True)
-class _OnePerTarget:
-    """Inputs ``(a, b)`` for ``a, b`` in ``0..3``, target ``a + 4 b``: every target once."""
-
-    @property
-    def size(self) -> int:
-        return 16
-
-    @property
-    def bits(self) -> int:
-        return 4
-
-    def samples(self, indices):
-        a, b = indices % 4, indices // 4
-        target = (a + 4 * b).astype(jnp.int32)
-        inputs = jnp.stack([a, b], axis=-1).astype(jnp.float32)
-        return Samples(inputs, target, encode_pam4(target, bits=4))
-
-
 def test_a_balanced_finishing_weighs_the_rare_targets_and_never_ends_worse(tmp_path):
     config = TrainConfig(epochs=8, checkpoint_every=8, stop_at_full_accuracy=False)
     train_onn(config, tmp_path, progress=False)
@@ -196,8 +173,9 @@ def test_a_balanced_finishing_weighs_the_rare_targets_and_never_ends_worse(tmp_p
     assert balanced.wrong_after <= balanced.wrong_before
     assert balanced.wrong_by_round != plain.wrong_by_round  # a different gradient
 
-    # one input per target: every weight is exactly 1, the finishing the plain one
-    dataset = _OnePerTarget()
+    # one server: every target has one input, every weight is exactly 1, the finishing
+    # is the plain one
+    dataset = make_dataset_spec(4, 1, inputs=2)
     apply_fn, params = onn_apply_fn(
         ONN((2, 16, 2), rngs=nnx.Rngs(0), input_shift=1.5, input_scale=2 / 3, output_shift=1.5)
     )
@@ -206,6 +184,7 @@ def test_a_balanced_finishing_weighs_the_rare_targets_and_never_ends_worse(tmp_p
     small = dict(rounds=2, steps=2, learning_rate=1e-2, chunk_size=16)
     equal = finish_on_hard_set(apply_fn, params, dataset, classes=one_each, **small)
     unweighted = finish_on_hard_set(apply_fn, params, dataset, **small)
+    assert unweighted.wrong_before > 0 and len(unweighted.wrong_by_round) > 1
     assert equal.wrong_by_round == unweighted.wrong_by_round
     chex.assert_trees_all_close(equal.params, unweighted.params, atol=0, rtol=0)
 
