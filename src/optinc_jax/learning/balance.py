@@ -136,8 +136,10 @@ def class_weights(classes: TargetClasses, target: jax.Array) -> jax.Array:
     Examples:
         >>> from optinc_jax.encoding.dataset import make_dataset_spec
         >>> classes = target_classes(make_dataset_spec(4, 2, inputs=2))
-        >>> float(class_weights(classes, jnp.asarray(0)))  # target 0: 1 of 49 inputs
-        3.0625
+        >>> int(classes.counts[0])  # target 0 has 2 of the 49 inputs, 16 targets
+        2
+        >>> float(class_weights(classes, jnp.asarray(0)))  # 49 / (16 * 2)
+        1.53125
     """
     position = jnp.searchsorted(classes.targets, target)
     size = classes.order.shape[0]
