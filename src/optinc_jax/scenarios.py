@@ -189,6 +189,7 @@ _8B8S_RECIPE: dict[str, Any] = {
     "switch_epoch": 167,
     "warmup_fraction": 0.05,
     "focus_fraction": 0.25,
+    "symbol_weight_base": 0.5,
     "condition_until": 250,
     "finish_rounds": 40,
     "refit_iterations": 60,
@@ -197,8 +198,13 @@ _8B8S_RECIPE: dict[str, Any] = {
 wrong) with layers 2-7 approximated and 97.30 % (10,548 wrong) without, after 250 epochs
 in 49 (probably with another job beside it) and 32 min, against 2,278 and 13,946 wrong
 for the earlier 180-epoch batch-128 recipe in 49 and 48 min; not 100 % yet. Symbol
-weights halving with significance (``symbol_weight_base`` 0.5) gave 389 wrong with
-approximation but 16,764 without, so the weights stay uniform. The last-layer refit
+weights halving with significance (``symbol_weight_base`` 0.5; the paper doubles them)
+gave 389 wrong with approximation but 16,764 without; since the row without
+approximation is conditioned (below) it trains as the approximated row, so the preset
+halves them: fresh runs of this preset (2026-12-05) ended at 161 wrong with layers 2-7
+(389 after 250 epochs, 279 after the finishing; 99.9588 %, 34.5 min) and 169 without
+(99.9567 %; from the same epoch-240 checkpoint, the finishing with free matrices),
+against 524 and 522 with uniform weights. The last-layer refit
 (not in the paper; both rows leave the last matrix free) then re-solves the output
 matrix: a fresh run of this preset with layers 2-7 ended at 1,010 wrong and 731 after
 the refit (19 s); on stored runs 978 -> 825 wrong (400 epochs, layers 2-7) and 10,548 ->
