@@ -100,11 +100,10 @@ def revive_dead_units(params, dead: Sequence[jax.Array], key: jax.Array):
     Raises:
         ValueError: when the masks do not match the hidden layers' widths.
     """
-    kernels = {
-        layer_leaf(path)[0]: leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-        if layer_leaf(path) is not None and layer_leaf(path)[1] == "kernel"
-    }
+    leaves = [
+        (layer_leaf(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    kernels = {where[0]: leaf for where, leaf in leaves if where and where[1] == "kernel"}
     widths = [kernels[index].shape[1] for index in sorted(kernels)][:-1]
     shapes = [tuple(jnp.shape(mask)) for mask in dead]
     if shapes != [(width,) for width in widths]:

@@ -152,8 +152,6 @@ class TrainingSetup(NamedTuple):
         model: the freshly initialized ONN.
         apply_fn: its pure forward (compares by value).
         initial_state: initial parameters and optimizer state.
-        classes: the dataset's samples grouped by target, for a run with
-            ``balance_fraction > 0``; else ``None``.
     """
 
     scenario: Scenario
@@ -163,7 +161,6 @@ class TrainingSetup(NamedTuple):
     model: ONN
     apply_fn: ONNApply
     initial_state: TrainState
-    classes: TargetClasses | None = None
 
 
 def build_training(config: TrainConfig, dataset: Dataset | None = None) -> TrainingSetup:
@@ -202,7 +199,6 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
         model,
         apply_fn,
         TrainState(params, tx.init(params)),
-        target_classes(dataset) if config.balance_fraction > 0 else None,
     )
 
 
@@ -436,6 +432,11 @@ def _train_locked(
     checkpointer = TrainCheckpointer(workdir / CHECKPOINT_DIR)
     start_epoch, train_seconds, done, first_full = 0, 0.0, False, None
     hard = None
+    # The dataset's samples grouped by target, once per run, for the balanced draws and
+    # the balanced finishing (not at set-up: a reloaded run needs none).
+    classes = None
+    if config.balance_fraction > 0 or config.finish_balance:
+        classes = target_classes(dataset)
     try:
         if checkpointer.latest_epoch() is not None:
             if not resume:
@@ -487,7 +488,7 @@ def _train_locked(
                 steps=steps,
                 mesh=mesh,
                 hard=hard,
-                classes=setup.classes,
+                classes=classes if config.balance_fraction > 0 else None,
             )
             epoch += 1
             loss = float(loss)
@@ -503,7 +504,7 @@ def _train_locked(
                 _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
             history["loss"].append(loss)
             if epoch == config.epochs and config.finish_rounds:
-                state = _finish_at_end(config, setup, epoch, state, history, mesh)
+                state = _finish_at_end(config, setup, epoch, state, history, mesh, classes)
             if epoch == config.epochs and config.refit_iterations:
                 state = _refit_at_end(config, setup, epoch, state, history, mesh)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -715,16 +716,16 @@ def _finish_at_end(
     state: TrainState,
     history: dict,
     mesh: Mesh | None,
+    classes: TargetClasses | None,
 ) -> TrainState:
     """The hinge finishing after the last epoch (``finish_rounds``); not in the paper.
 
     Every matrix of the state is replaced by the finished ones (the approximated ones stay
     projected); its counts go to ``history["finish"]``. It is deterministic (whole-dataset
-    gradients, no draw), so a resumed run finishes to the same network.
+    gradients, no draw), so a resumed run finishes to the same network. ``classes`` (the
+    dataset's samples grouped by target) weigh every target equally with
+    ``finish_balance``.
     """
-    classes = None
-    if config.finish_balance:
-        classes = setup.classes if setup.classes is not None else target_classes(setup.dataset)
 
     def solve(params):
         finish = finish_on_hard_set(
@@ -740,7 +741,7 @@ def _finish_at_end(
             side=config.approx_side,
             refine_steps=config.refine_steps,
             chunk_size=config.eval_chunk_size or default_chunk_size(),
-            classes=classes,
+            classes=classes if config.finish_balance else None,
         )
         return finish.params, finish.to_json()
 
