@@ -432,11 +432,6 @@ def _train_locked(
     checkpointer = TrainCheckpointer(workdir / CHECKPOINT_DIR)
     start_epoch, train_seconds, done, first_full = 0, 0.0, False, None
     hard = None
-    # The dataset's samples grouped by target, once per run, for the balanced draws and
-    # the balanced finishing (not at set-up: a reloaded run needs none).
-    classes = None
-    if config.balance_fraction > 0 or config.finish_balance:
-        classes = target_classes(dataset)
     try:
         if checkpointer.latest_epoch() is not None:
             if not resume:
@@ -466,6 +461,12 @@ def _train_locked(
                 )
         if mesh is not None:
             state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+        # The dataset's samples grouped by target, once per run that trains, for the
+        # balanced draws and the balanced finishing (neither a reloaded run nor a finished
+        # one returned above needs them).
+        classes = None
+        if config.balance_fraction > 0 or config.finish_balance:
+            classes = target_classes(dataset)
 
         epoch, evaluation = start_epoch, None
         if config.focus_fraction > 0 and start_epoch > 0:
