@@ -5,9 +5,12 @@ Usage, from the repository root::
     python -m experiments.refit_runs LABEL=RUN_DIR [LABEL=RUN_DIR ...]
         [--tolerance 0.35] [--iterations 60] [--finish-rounds 0] [--finish-steps 5]
         [--finish-learning-rate 1e-4] [--finish-slack 0.1] [--finish-balance]
+        [--kinks] [--kink-radius 0.3] [--kink-local-weight 1e4]
         [--out results/refit] [--json]
 
 For every run directory it reloads the final projected network (``load_run``), optionally
+revives the dead units of its last hidden layer as kinks beside its wrong inputs
+(``insert_kinks``, ``--kinks``; the network's outputs do not change), optionally
 finishes every matrix on the exact gradient of the receiver hinge (``finish_on_hard_set``,
 ``--finish-rounds N``, keeping the run's approximated matrices projected; with
 ``--finish-balance`` every target weighs the same in its hinge), refits the last
@@ -38,6 +41,7 @@ from typing import Any
 from optinc_jax.learning.balance import target_classes
 from optinc_jax.learning.evaluate import evaluate_exhaustive
 from optinc_jax.learning.finish import finish_on_hard_set
+from optinc_jax.learning.kinks import insert_kinks
 from optinc_jax.learning.refit import refit_last_layer
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.trainer import load_run
@@ -55,14 +59,19 @@ def refit_run(
     finish_learning_rate: float = 1e-4,
     finish_slack: float = 0.1,
     finish_balance: bool = False,
+    kinks: bool = False,
+    kink_radius: float = 0.3,
+    kink_local_weight: float = 1e4,
 ) -> dict[str, Any]:
-    """Finishes (optionally) and refits one finished run; the record of before and after.
+    """Kinks, finishing (both optional) and refit of one finished run; before and after.
 
     Raises:
         CheckpointError: if the directory holds no loadable run.
     """
     run = load_run(run_dir)
     last_free = len(run.scenario.layers) - 1 not in run.approx_layers
+    # Without a finishing an approximated last matrix leaves nothing to do (kinks alone
+    # change no output).
     if not last_free and finish_rounds == 0:
         return {"run_dir": str(run_dir), "status": "skipped", "reason": "last matrix approximated"}
     before = evaluate_exhaustive(run.apply_fn, run.params, run.dataset)
@@ -76,6 +85,20 @@ def refit_run(
         "accuracy_before": before.accuracy,
     }
     params = run.params
+    if kinks:
+        tic = time.perf_counter()
+        insertion = insert_kinks(
+            run.apply_fn,
+            params,
+            run.dataset,
+            approx_layers=run.approx_layers,
+            side=run.config.approx_side,
+            radius=kink_radius,
+            local_weight=kink_local_weight,
+        )
+        record["kink_seconds"] = time.perf_counter() - tic
+        record["kinks"] = insertion.to_json()
+        params = insertion.params
     if finish_rounds:
         tic = time.perf_counter()
         finish = finish_on_hard_set(
@@ -145,7 +168,8 @@ def _figure(document: dict, path: Path) -> None:
     highest = max(record["wrong_before"] for record in runs.values())
     axis.set(ylabel="wrong inputs (exhaustive)", yscale="symlog", ylim=(0, 8 * highest))
     axis.set_title(
-        f"hinge finishing ({document['finish_rounds']} rounds) and last-layer refit "
+        ("kinks, " if document.get("kinks") else "")
+        + f"hinge finishing ({document['finish_rounds']} rounds) and last-layer refit "
         f"(tolerance {document['tolerance']:g})",
         fontsize=9,
     )
@@ -183,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--finish-balance", action="store_true", help="weigh every target equally in the hinge"
     )
+    parser.add_argument(
+        "--kinks",
+        action="store_true",
+        help="revive the last hidden layer's dead units as kinks first (insert_kinks)",
+    )
+    parser.add_argument("--kink-radius", type=float, default=0.3)
+    parser.add_argument("--kink-local-weight", type=float, default=1e4)
     parser.add_argument("--out", default="results/refit")
     parser.add_argument("--json", action="store_true", help="print the result document")
     args = parser.parse_args(argv)
@@ -200,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "finish_learning_rate": args.finish_learning_rate,
         "finish_slack": args.finish_slack,
         "finish_balance": args.finish_balance,
+        "kinks": args.kinks,
+        "kink_radius": args.kink_radius,
+        "kink_local_weight": args.kink_local_weight,
         "runs": {},
     }
     out = Path(args.out)
@@ -214,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 finish_learning_rate=args.finish_learning_rate,
                 finish_slack=args.finish_slack,
                 finish_balance=args.finish_balance,
+                kinks=args.kinks,
+                kink_radius=args.kink_radius,
+                kink_local_weight=args.kink_local_weight,
             )
         except (OSError, ValueError) as error:
             print(f"error: {label}: {error}", file=sys.stderr)

@@ -83,3 +83,24 @@ def test_a_balanced_finishing_is_passed_through_and_recorded(tmp_path, capsys):
     plain, balanced = (documents[name]["runs"]["free"]["finish"] for name in documents)
     assert plain["wrong_before"] == balanced["wrong_before"]
     assert plain["wrong_by_round"] != balanced["wrong_by_round"]
+
+
+def test_kinks_are_inserted_before_the_finishing_and_recorded(tmp_path, capsys):
+    _short_run(tmp_path / "free", "none")
+    refit_runs.main(
+        [
+            f"free={tmp_path / 'free'}",
+            *("--iterations", "2", "--finish-rounds", "1", "--finish-learning-rate", "1e-3"),
+            *("--kinks", "--kink-radius", "0.5", "--out", str(tmp_path / "out"), "--json"),
+        ]
+    )
+    document = json.loads(capsys.readouterr().out)
+    assert (document["kinks"], document["kink_radius"]) == (True, 0.5)
+    record = document["runs"]["free"]
+    kinks = record["kinks"]
+    # The insertion changes no output: the finishing starts from the same count.
+    assert kinks["wrong_before"] == record["wrong_before"] == record["finish"]["wrong_before"]
+    served = len(kinks["thresholds"])
+    assert served == min(kinks["dead_units"], served + len(kinks["skipped"]))
+    assert len(kinks["probe_errors"]) == len(kinks["misplaced"]) == served
+    assert record["wrong_after"] <= record["wrong_before"]

@@ -98,6 +98,7 @@ _EXPORTS: dict[str, str] = {
     "preprocess": "encoding.units",
     "quantized_average": "encoding.units",
     "receiver": "encoding.units",
+    "exact_average": "encoding.units",
     "reconstruct_average": "encoding.units",
     "split_to_servers": "encoding.units",
     # Floor 3, learning: the ONN, its training and evaluation.
@@ -149,6 +150,8 @@ _EXPORTS: dict[str, str] = {
     "hidden_unit_activity": "learning.revival",
     "revive_dead_units": "learning.revival",
     "revived_optimizer_state": "learning.revival",
+    "KinkInsertion": "learning.kinks",
+    "insert_kinks": "learning.kinks",
     "RefitResult": "learning.refit",
     "refit_last_layer": "learning.refit",
     "with_last_layer": "learning.refit",

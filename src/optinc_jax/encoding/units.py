@@ -189,6 +189,36 @@ def reconstruct_average(y_hat: jax.typing.ArrayLike) -> jax.Array:
     return decode_pam4(y_hat)
 
 
+def exact_average(x: jax.typing.ArrayLike, bits: int) -> jax.Array:
+    """The average before the floor, ``v = sum_m 4^(r m) x_m``, from the ONN inputs.
+
+    Every OptINC target is ``t = floor(v)`` (SPEC section 2): ``v`` is the one number the
+    ONN's outputs are a function of, with steps of ``1/N``.
+
+    Args:
+      x: ``[..., I]`` preprocessed inputs (:func:`preprocess`).
+      bits: bit width ``B`` of the values; ``r = (B / 2) / I`` symbols per input.
+
+    Returns:
+      ``[...]`` ``v`` in the dtype of ``x``.
+
+    Raises:
+      ValueError: if ``B / 2`` is not a multiple of ``I``.
+
+    Examples:
+      >>> exact_average(jnp.array([0.5, 0.25, 0.0, 1.0]), bits=8)
+      Array(65.5, dtype=float32)
+    """
+    x = jnp.asarray(x)
+    inputs = x.shape[-1]
+    if inputs < 1 or (bits // 2) % inputs:
+        raise ValueError(
+            f"{bits} bits do not split into {inputs} ONN inputs (x of shape {x.shape})"
+        )
+    weights = 4.0 ** ((bits // 2 // inputs) * np.arange(inputs))
+    return jnp.sum(x * weights.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (inputs,)), axis=-1)
+
+
 def split_to_servers(
     y: jax.typing.ArrayLike, servers: int, *, receiver_gain: float | None = None
 ) -> jax.Array:
