@@ -28,14 +28,14 @@ def _set(params, values):
     )
 
 
-def _average_feature_onn(last_hidden: int = 6):
+def _average_feature_onn(last_hidden: int = 6, first_hidden: int = 4):
     """ONN (2, 4, last_hidden, 2): hidden unit 0 of the first layer is ``v`` itself, the
     last hidden layer has two live units (``v`` and ``relu(v - 8)``) and the rest dead (with
     non-zero outgoing weights, which must not leak once they fire)."""
-    apply_fn, params = onn_apply_fn(ONN((2, 4, last_hidden, 2), rngs=nnx.Rngs(0)))
-    first = np.zeros((2, 4))
+    apply_fn, params = onn_apply_fn(ONN((2, first_hidden, last_hidden, 2), rngs=nnx.Rngs(0)))
+    first = np.zeros((2, first_hidden))
     first[:, 0] = (1.0, 4.0)
-    second = np.zeros((4, last_hidden))
+    second = np.zeros((first_hidden, last_hidden))
     second[0, 0] = second[0, 1] = 1.0
     second_bias = np.full(last_hidden, -1.0)
     second_bias[:2] = (0.0, -8.0)
@@ -43,7 +43,7 @@ def _average_feature_onn(last_hidden: int = 6):
     last[:2] = [[0.25, 0.05], [-2.0, 0.1]]
     values = {
         (0, "kernel"): first,
-        (0, "bias"): np.array([0.0, -1.0, -1.0, -1.0]),
+        (0, "bias"): np.array([0.0] + [-1.0] * (first_hidden - 1)),
         (1, "kernel"): second,
         (1, "bias"): second_bias,
         (2, "kernel"): last,
@@ -159,6 +159,33 @@ def test_approximated_matrix_keeps_its_diag_unitary_blocks():
     factors = diag_unitary_factors(jnp.asarray(kernel.T))
     unitary = np.asarray(factors.unitary[0])
     np.testing.assert_allclose(unitary @ unitary.T, np.eye(4), atol=1e-5)
+
+
+def test_a_block_the_probe_does_not_use_stays_orthogonal():
+    # Matrix 2 is 4 x 8: two blocks side by side; v reaches only the first one.
+    apply_fn, params = _average_feature_onn(last_hidden=4, first_hidden=8)
+    # The dead units also read the dead inputs of the second block (no effect yet).
+    kernel = _kernel(params, 1).copy()
+    kernel[4:, 2:] = 0.3
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(kernel) if layer_leaf(path) == (1, "kernel") else leaf,
+        params,
+    )
+    params = projection_diag_unitary(params, (2,))
+    _, before, _ = _everything(apply_fn, params)
+    result = insert_kinks(apply_fn, params, SPEC, approx_layers=(2,), radius=1.0)
+    _, after, _ = _everything(apply_fn, result.params)
+    np.testing.assert_array_equal(np.asarray(after), np.asarray(before))
+    assert len(result.thresholds) == 1
+    kernel = _kernel(result.params, 1)
+    revived = np.flatnonzero(np.asarray(_everything(apply_fn, params)[2]).max(axis=0) <= 0)[0]
+    # The kink reads the first block alone: its row in the unused block is switched off.
+    np.testing.assert_array_equal(kernel[4:, revived], 0.0)
+    assert np.any(kernel[:4, revived] != 0)
+    reprojected = projection_diag_unitary(result.params, (2,))
+    np.testing.assert_allclose(_kernel(reprojected, 1), kernel, atol=1e-5)
+    for unitary in np.asarray(diag_unitary_factors(jnp.asarray(kernel.T)).unitary):
+        np.testing.assert_allclose(unitary @ unitary.T, np.eye(4), atol=1e-5)
 
 
 def test_rejects_what_it_cannot_revive():

@@ -328,6 +328,9 @@ def insert_kinks(
                 unitary[j][unit] = part / length
                 diag[j][unit] = sign * length
                 available[j] = _complement(available[j], part)
+            else:  # the probe does not use this block: any free direction, switched off
+                unitary[j][unit], diag[j][unit] = available[j][0], 0.0
+                available[j] = available[j][1:]
     if approximated:
         rest = [unit for unit in dead if unit not in set(dead[: len(thresholds)])]
         for j in range(blocks):
