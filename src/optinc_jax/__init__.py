@@ -135,6 +135,7 @@ _EXPORTS: dict[str, str] = {
     "build_onn": "learning.onn",
     "onn_apply_fn": "learning.onn",
     "layer_leaf": "learning.onn",
+    "leaky_relu": "learning.onn",
     "onn_weights": "learning.onn",
     "weight_matrix_index": "learning.onn",
     "projection_diag_unitary": "learning.projection",

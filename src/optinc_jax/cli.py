@@ -377,6 +377,18 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "through this one (ReDo; 0: never, the paper's) [default: the preset's, else 0].",
 )
 @click.option(
+    "--leak-start",
+    type=float,
+    help="Train with a leaky activation of this negative slope, in [0, 1), falling "
+    "linearly to the ReLU at --leak-until (0: the paper's ReLU throughout; every "
+    "evaluation uses the ReLU) [default: the preset's, else 0].",
+)
+@click.option(
+    "--leak-until",
+    type=click.IntRange(min=0),
+    help="The epoch at which the leak reaches 0 [default: the preset's, else 0].",
+)
+@click.option(
     "--refit-iterations",
     type=click.IntRange(min=0),
     help="After the last epoch, re-solve the last weight matrix over the whole grid for "
@@ -435,6 +447,8 @@ def train_command(
     stage2_tolerance: float | None,
     condition_until: int | None,
     revive_until: int | None,
+    leak_start: float | None,
+    leak_until: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
     finish_rounds: int | None,
@@ -473,6 +487,8 @@ def train_command(
         "stage2_tolerance": stage2_tolerance,
         "condition_until": condition_until,
         "revive_until": revive_until,
+        "leak_start": leak_start,
+        "leak_until": leak_until,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
         "finish_rounds": finish_rounds,

@@ -146,10 +146,18 @@ class TrainConfig:
         finish_balance: weigh every target equally in the finishing's hinge
             (:func:`~optinc_jax.learning.balance.class_weights`) instead of every input.
             Not in the paper; ``False`` (the default) sums over the inputs.
+        leak_start: the hidden activations' negative slope in the first epoch, in
+            ``[0, 1)``, falling linearly to 0 at epoch ``leak_until``
+            (:meth:`leak_at`, :func:`~optinc_jax.learning.onn.leaky_relu`): a training
+            aid against units that die early; every evaluation, projection, finishing
+            and the result use the plain ReLU. Not in the paper (ReLU throughout); 0
+            (the default) never. Measured on 8b8s, it ended worse than the preset
+            (README, "Training recipe", item 15).
+        leak_until: the number of epochs the leak lasts, ``>= 1`` with a ``leak_start``.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
-    ``refit_*`` and ``finish_*`` fields are
+    ``refit_*``, ``finish_*`` and ``leak_*`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -195,6 +203,8 @@ class TrainConfig:
     finish_tolerance: float = 0.35
     finish_slack: float = 0.1
     finish_balance: bool = False
+    leak_start: float = 0.0
+    leak_until: int = 0
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -280,6 +290,13 @@ class TrainConfig:
         require_real("finish_slack", self.finish_slack, low=0.0, high=self.finish_tolerance)
         if not isinstance(self.finish_balance, bool):
             raise ValueError(f"finish_balance must be a bool, got {self.finish_balance!r}")
+        require_real("leak_start", self.leak_start, low=0.0, high=1.0, high_inclusive=False)
+        require_int("leak_until", self.leak_until, 0)
+        if (self.leak_start > 0) != (self.leak_until > 0):
+            raise ValueError(
+                f"leak_start ({self.leak_start}) and leak_until ({self.leak_until}) must be "
+                "both positive (an annealed leak) or both 0 (none)"
+            )
         last_matrix = scenario.num_matrices
         if self.refit_iterations and last_matrix in self.approx_layers():
             raise ValueError(
@@ -369,6 +386,21 @@ class TrainConfig:
         if stage == 2 and self.stage2_tolerance is not None:
             return self.stage2_tolerance
         return self.symbol_tolerance
+
+    def leak_at(self, epoch: int) -> float | None:
+        """The hidden activations' negative slope while training epoch ``epoch`` (0-based).
+
+        Linear from ``leak_start`` at epoch 0 to 0 at ``leak_until``; ``None`` (plain
+        ReLU) from then on and for a run without a leak.
+
+        Examples:
+            >>> config = TrainConfig(leak_start=0.5, leak_until=4)
+            >>> [config.leak_at(epoch) for epoch in range(5)]
+            [0.5, 0.375, 0.25, 0.125, None]
+        """
+        if epoch >= self.leak_until:
+            return None
+        return self.leak_start * (self.leak_until - epoch) / self.leak_until
 
     def resolved_scenario(self) -> Scenario:
         """The scenario value (a registered name is looked up)."""
@@ -460,6 +492,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "balance_fraction",
             "refit_",
             "finish_",
+            "leak_",
         )
     )
 }

@@ -23,6 +23,7 @@ __all__ = [
     "ONNApply",
     "build_onn",
     "layer_leaf",
+    "leaky_relu",
     "onn_apply_fn",
     "onn_weights",
     "weight_matrix_index",
@@ -83,43 +84,68 @@ class ONN(nnx.Module):
             ]
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, leak: jax.Array | None = None) -> jax.Array:
         """Raw symbol amplitudes.
 
         Args:
             x: preprocessed inputs ``[..., I]``.
+            leak: ``None`` for the ONN's ReLU; a scalar slope for the negative side
+                instead (a training aid, :func:`leaky_relu`; not the optical network).
 
         Returns:
             ``[..., K]`` raw outputs (PAM4 symbol units, before rounding).
         """
-        return self.layers[-1](self.features(x)) * self.output_scale + self.output_shift
+        return self.layers[-1](self.features(x, leak)) * self.output_scale + self.output_shift
 
-    def features(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array, leak: jax.Array | None = None) -> jax.Array:
         """The last hidden layer's activations, what the last weight matrix combines.
 
         Args:
             x: preprocessed inputs ``[..., I]``.
+            leak: as in :meth:`__call__`.
 
         Returns:
             ``[..., h_last]`` ReLU outputs (``x`` itself, centred, for a one-matrix ONN).
         """
-        hidden = self.hidden_activations(x)
+        hidden = self.hidden_activations(x, leak)
         return hidden[-1] if hidden else (x - self.input_shift) * self.input_scale
 
-    def hidden_activations(self, x: jax.Array) -> list[jax.Array]:
+    def hidden_activations(self, x: jax.Array, leak: jax.Array | None = None) -> list[jax.Array]:
         """The ReLU outputs of every hidden layer, in order.
 
         Args:
             x: preprocessed inputs ``[..., I]``.
+            leak: as in :meth:`__call__`.
 
         Returns:
             One ``[..., h_l]`` array per hidden layer (an empty list for a one-matrix ONN).
         """
         hidden, activations = (x - self.input_shift) * self.input_scale, []
         for layer in self.layers[:-1]:
-            hidden = jax.nn.relu(layer(hidden))
+            hidden = jax.nn.relu(layer(hidden)) if leak is None else leaky_relu(layer(hidden), leak)
             activations.append(hidden)
         return activations
+
+
+def leaky_relu(z: jax.Array, leak: jax.Array) -> jax.Array:
+    """``z`` where positive, ``leak * z`` elsewhere: the training-time activation.
+
+    With ``leak = 0`` the values are the ReLU's. Annealed to 0 during training
+    (``TrainConfig.leak_start`` / ``leak_until``), it keeps gradient flowing through units
+    that no input switches on, while the trained network is the paper's ReLU MLP.
+
+    Args:
+        z: pre-activations, any shape.
+        leak: slope on the negative side, a scalar in ``[0, 1)``.
+
+    Returns:
+        An array like ``z``.
+
+    Examples:
+        >>> leaky_relu(jnp.array([-2.0, 0.0, 3.0]), 0.25).tolist()
+        [-0.5, 0.0, 3.0]
+    """
+    return jnp.where(z > 0, z, leak * z)
 
 
 def build_onn(layers: Sequence[int], *, symbols_per_input: int, seed: int = 0) -> ONN:
@@ -209,9 +235,12 @@ class ONNApply:
 
     graphdef: nnx.GraphDef
 
-    def __call__(self, params: nnx.State, x: jax.Array) -> jax.Array:
-        """Raw symbol amplitudes ``[..., K]`` of inputs ``x [..., I]``."""
-        return nnx.merge(self.graphdef, params)(x)
+    def __call__(self, params: nnx.State, x: jax.Array, leak: jax.Array | None = None) -> jax.Array:
+        """Raw symbol amplitudes ``[..., K]`` of inputs ``x [..., I]``.
+
+        ``leak``: as in :meth:`ONN.__call__` (``None``: the ReLU).
+        """
+        return nnx.merge(self.graphdef, params)(x, leak)
 
 
 def onn_apply_fn(model: ONN) -> tuple[ONNApply, nnx.State]:

@@ -67,6 +67,7 @@ def train_epoch(
     mesh: Mesh | None = None,
     hard: HardSet | None = None,
     classes: TargetClasses | None = None,
+    leak: jax.Array | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of ``steps`` minibatches of the two-stage loss; jitted, state donated.
 
@@ -90,6 +91,9 @@ def train_epoch(
             (:func:`~optinc_jax.learning.balance.target_classes`); with
             ``config.balance_fraction > 0`` that share of every minibatch is drawn with
             every target equally likely. ``None``: no balanced draws.
+        leak: this epoch's negative slope of the hidden activations
+            (:meth:`TrainConfig.leak_at`), a traced scalar, so the annealing does not
+            recompile; ``None``: the ONN's ReLU. ``apply_fn`` must then take ``leak``.
 
     Returns:
         ``(new_state, mean_loss)``.
@@ -112,7 +116,11 @@ def train_epoch(
         samples = dataset.samples(batch_indices)
 
         def loss_fn(params):
-            y = apply_fn(params, samples.inputs)
+            y = (
+                apply_fn(params, samples.inputs)
+                if leak is None
+                else apply_fn(params, samples.inputs, leak)
+            )
             return two_stage_loss(
                 y,
                 samples.target_symbols,

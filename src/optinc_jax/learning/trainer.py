@@ -479,6 +479,7 @@ def _train_locked(
         while epoch < config.epochs and not done:
             tic = time.perf_counter()
             stage = 1 if epoch < config.switch_epoch else 2
+            leak = config.leak_at(epoch)
             state, loss = train_epoch(
                 state,
                 jax.random.fold_in(seed_key, epoch),
@@ -490,6 +491,7 @@ def _train_locked(
                 mesh=mesh,
                 hard=hard,
                 classes=classes if config.balance_fraction > 0 else None,
+                leak=None if leak is None else jnp.float32(leak),
             )
             epoch += 1
             loss = float(loss)
