@@ -164,9 +164,10 @@ def test_approximated_matrix_keeps_its_diag_unitary_blocks():
 def test_a_block_the_probe_does_not_use_stays_orthogonal():
     # Matrix 2 is 4 x 8: two blocks side by side; v reaches only the first one.
     apply_fn, params = _average_feature_onn(last_hidden=4, first_hidden=8)
-    # The dead units also read the dead inputs of the second block (no effect yet).
+    # Units 1-3 also read the dead inputs of the second block (no effect yet): the unit
+    # revived keeps a row of its own there until the insertion switches it off.
     kernel = _kernel(params, 1).copy()
-    kernel[4:, 2:] = 0.3
+    kernel[4:, 1:] = 0.3
     params = jax.tree_util.tree_map_with_path(
         lambda path, leaf: jnp.asarray(kernel) if layer_leaf(path) == (1, "kernel") else leaf,
         params,
@@ -179,6 +180,7 @@ def test_a_block_the_probe_does_not_use_stays_orthogonal():
     assert len(result.thresholds) == 1
     kernel = _kernel(result.params, 1)
     revived = np.flatnonzero(np.asarray(_everything(apply_fn, params)[2]).max(axis=0) <= 0)[0]
+    assert np.any(_kernel(params, 1)[4:, revived] != 0)
     # The kink reads the first block alone: its row in the unused block is switched off.
     np.testing.assert_array_equal(kernel[4:, revived], 0.0)
     assert np.any(kernel[:4, revived] != 0)
