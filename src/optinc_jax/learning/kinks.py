@@ -98,7 +98,7 @@ def _scan_chunk(apply_fn: ONNApply, dataset: Dataset, params, start: jax.Array, 
     samples = dataset.samples(jnp.where(valid, index, 0))
     model = nnx.merge(apply_fn.graphdef, params)
     hidden = model.hidden_activations(samples.inputs)
-    wrong = jnp.any(receiver(model(samples.inputs)) != samples.target_symbols, axis=-1)
+    wrong = jnp.any(receiver(model.readout(hidden[-1])) != samples.target_symbols, axis=-1)
     value = exact_average(samples.inputs, dataset.bits)
     previous = jnp.where(valid[:, None], hidden[-2], 0.0)
     design = jnp.concatenate([previous, valid[:, None].astype(previous.dtype)], axis=-1)
@@ -332,17 +332,16 @@ def insert_kinks(
                 unitary[j][unit], diag[j][unit] = available[j][0], 0.0
                 available[j] = available[j][1:]
     if approximated:
-        rest = [unit for unit in dead if unit not in set(dead[: len(thresholds)])]
+        rest = dead[len(thresholds) :]  # units are revived in the order of ``dead``
         for j in range(blocks):
             unitary[j][rest] = available[j][: len(rest)]
             diag[j][rest] = 0.0
         bias[rest] = np.minimum(bias[rest], 0.0)
         out_kernel[rest, :] = 0.0
         rows = np.concatenate([diag[j][:, None] * unitary[j] for j in range(blocks)], axis=1)
-        original = np.asarray(_matrix_leaves(params, into_last)[0]).T
         revived = np.zeros(out, bool)
         revived[dead] = True
-        kernel = np.where(revived[:, None], rows, original).T
+        kernel = np.where(revived[:, None], rows, weight_matrix).T  # alive rows as they were
     new_params = _with_leaves(
         params,
         {

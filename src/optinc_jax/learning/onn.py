@@ -95,7 +95,19 @@ class ONN(nnx.Module):
         Returns:
             ``[..., K]`` raw outputs (PAM4 symbol units, before rounding).
         """
-        return self.layers[-1](self.features(x, leak)) * self.output_scale + self.output_shift
+        return self.readout(self.features(x, leak))
+
+    def readout(self, features: jax.Array) -> jax.Array:
+        """The raw outputs of given last-layer features (the last matrix and the output map).
+
+        Args:
+            features: ``[..., h_last]`` activations of the last hidden layer
+                (:meth:`features`).
+
+        Returns:
+            ``[..., K]`` raw outputs, as :meth:`__call__` computes them.
+        """
+        return self.layers[-1](features) * self.output_scale + self.output_shift
 
     def features(self, x: jax.Array, leak: jax.Array | None = None) -> jax.Array:
         """The last hidden layer's activations, what the last weight matrix combines.
