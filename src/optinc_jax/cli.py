@@ -389,6 +389,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     help="The epoch at which the leak reaches 0 [default: the preset's, else 0].",
 )
 @click.option(
+    "--bias-learning-rate-scale",
+    type=float,
+    help="The biases' learning rate as a multiple of the kernels', > 0 (1: the paper's "
+    "single learning rate) [default: the preset's, else 1].",
+)
+@click.option(
     "--refit-iterations",
     type=click.IntRange(min=0),
     help="After the last epoch, re-solve the last weight matrix over the whole grid for "
@@ -449,6 +455,7 @@ def train_command(
     revive_until: int | None,
     leak_start: float | None,
     leak_until: int | None,
+    bias_learning_rate_scale: float | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
     finish_rounds: int | None,
@@ -489,6 +496,7 @@ def train_command(
         "revive_until": revive_until,
         "leak_start": leak_start,
         "leak_until": leak_until,
+        "bias_learning_rate_scale": bias_learning_rate_scale,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
         "finish_rounds": finish_rounds,

@@ -10,9 +10,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
+import jax
 import optax
 
 from optinc_jax.learning.loss import STAGE2_LOSSES, Stage2Loss
+from optinc_jax.learning.onn import layer_leaf
 from optinc_jax.photonics.area import parse_approx
 from optinc_jax.photonics.nonideal import NOISE_MODELS
 from optinc_jax.scenarios import Scenario, as_scenario, scenario_from_json, training_preset
@@ -154,10 +156,15 @@ class TrainConfig:
             (the default) never. Measured on 8b8s, it ended worse than the preset
             (README, "Training recipe", item 15).
         leak_until: the number of epochs the leak lasts, ``>= 1`` with a ``leak_start``.
+        bias_learning_rate_scale: the biases' learning rate as a multiple of the
+            kernels', ``> 0`` (:func:`make_optimizer`). Below 1 the biases move more
+            slowly than Adam's per-parameter steps would move them, so fewer ReLUs are
+            pushed off every input early (README, "Training recipe", item 16). Not in the
+            paper (one learning rate); 1 (the default) is the paper's.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
-    ``refit_*``, ``finish_*`` and ``leak_*`` fields are
+    ``refit_*``, ``finish_*``, ``leak_*`` and ``bias_learning_rate_scale`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -205,6 +212,7 @@ class TrainConfig:
     finish_balance: bool = False
     leak_start: float = 0.0
     leak_until: int = 0
+    bias_learning_rate_scale: float = 1.0
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -297,6 +305,9 @@ class TrainConfig:
                 f"leak_start ({self.leak_start}) and leak_until ({self.leak_until}) must be "
                 "both positive (an annealed leak) or both 0 (none)"
             )
+        require_real(
+            "bias_learning_rate_scale", self.bias_learning_rate_scale, low=0.0, low_inclusive=False
+        )
         last_matrix = scenario.num_matrices
         if self.refit_iterations and last_matrix in self.approx_layers():
             raise ValueError(
@@ -493,6 +504,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "refit_",
             "finish_",
             "leak_",
+            "bias_learning_rate_scale",
         )
     )
 }
@@ -549,7 +561,11 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Sched
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Adam with the config's learning-rate schedule.
+    """Adam with the config's learning-rate schedule; biases scaled by the config's factor.
+
+    With ``bias_learning_rate_scale`` 1 (the default, the paper's single learning rate)
+    this is plain ``optax.adam``; otherwise Adam's update of every ``layers/<i>/bias``
+    leaf is multiplied by that factor (Adam's moments are those of plain Adam).
 
     Args:
         config: the run's configuration.
@@ -559,7 +575,20 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
         The optax transformation; built again from equal arguments it behaves identically,
         so the jitted epoch can build it inside (keyed by the config's value).
     """
-    return optax.adam(learning_rate_schedule(config, total_steps))
+    adam = optax.adam(learning_rate_schedule(config, total_steps))
+    if config.bias_learning_rate_scale == 1.0:
+        return adam
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "bias" if (layer_leaf(path) or (0, ""))[1] == "bias" else "other",
+            params,
+        )
+
+    biases_scaled = optax.multi_transform(
+        {"bias": optax.scale(config.bias_learning_rate_scale), "other": optax.identity()}, labels
+    )
+    return optax.chain(adam, biases_scaled)
 
 
 def projection_due(config: TrainConfig, epoch: int) -> bool:
