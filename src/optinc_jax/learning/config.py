@@ -159,8 +159,9 @@ class TrainConfig:
         bias_learning_rate_scale: the biases' learning rate as a multiple of the
             kernels', ``> 0`` (:func:`make_optimizer`). Below 1 the biases move more
             slowly than Adam's per-parameter steps would move them, so fewer ReLUs are
-            pushed off every input early (README, "Training recipe", item 16). Not in the
-            paper (one learning rate); 1 (the default) is the paper's.
+            pushed off every input early; measured, that kept more units alive and
+            trained worse on 8b8s and 8b4s (README, "Training recipe", item 16). Not in
+            the paper (one learning rate); 1 (the default) is the paper's.
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
