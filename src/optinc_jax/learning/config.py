@@ -580,11 +580,12 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     if config.bias_learning_rate_scale == 1.0:
         return adam
 
+    def label(path, _leaf) -> str:
+        leaf = layer_leaf(path)
+        return "bias" if leaf is not None and leaf[1] == "bias" else "other"
+
     def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: "bias" if (layer_leaf(path) or (0, ""))[1] == "bias" else "other",
-            params,
-        )
+        return jax.tree_util.tree_map_with_path(label, params)
 
     biases_scaled = optax.multi_transform(
         {"bias": optax.scale(config.bias_learning_rate_scale), "other": optax.identity()}, labels
