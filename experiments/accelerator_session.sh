@@ -14,17 +14,8 @@
 #     OUT=runs/accelerator_session experiments/accelerator_session.sh
 set -u
 out=${OUT:-runs/accelerator_session}
-py=${PYTHON:-python3}
 mkdir -p "$out"
-runs=$(mktemp -d)
-export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
-{
-    date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    $py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
-'optax', optax.__version__, jax.devices())"
-} 2>&1 | tee "$out/environment.txt"
+. experiments/accelerator_env.sh
 timeout 170 $py -m benchmarks.bench_recipe --skip-demo --scenarios 8b8s,8b16s,16b4s \
     --batch-sizes preset,2048 --out "$out"
 echo "bench_recipe: exit $?"

@@ -105,7 +105,7 @@ def train_variant(
     resolved = config.resolved_scenario()
     total = make_dataset_spec(resolved.bits, resolved.servers, resolved.inputs).size
     report: dict[str, Any] = {"name": name, "scenario": scenario, "changes": changes}
-    clock = EpochClock(limit_s)
+    clock = EpochClock(limit_s, last_epoch=config.epochs)
     try:
         record = train_onn(config, out / name, progress=False, on_epoch_end=clock).record
     except TimeUp:

@@ -20,14 +20,18 @@ class EpochClock:
 
     Attributes:
         limit_s: wall seconds after which the run stops at the end of an epoch.
+        last_epoch: the run's last epoch, or ``None``: that epoch never raises, since the
+            run has done its work by then (its finishing and refit included) and stopping
+            it would only keep it from writing its ``result.json``.
         epoch_ends: ``[epochs]`` wall seconds at the end of each epoch (the first holds
             the compilation).
         history: the trainer's history at the last epoch (``loss``, ``eval_epoch``,
             ``accuracy``, ``min_margin``, ...).
     """
 
-    def __init__(self, limit_s: float):
+    def __init__(self, limit_s: float, last_epoch: int | None = None):
         self.limit_s = float(limit_s)
+        self.last_epoch = last_epoch
         self.epoch_ends: list[float] = []
         self.history: dict[str, Any] = {}
         self._start = time.perf_counter()
@@ -36,7 +40,7 @@ class EpochClock:
         """Records the epoch's end and raises :class:`TimeUp` past the limit."""
         self.epoch_ends.append(time.perf_counter() - self._start)
         self.history = history
-        if self.epoch_ends[-1] > self.limit_s:
+        if self.epoch_ends[-1] > self.limit_s and epoch != self.last_epoch:
             raise TimeUp
 
     @property

@@ -27,3 +27,12 @@ def test_clock_stops_at_the_end_of_the_first_epoch_past_its_limit():
     with pytest.raises(TimeUp):
         clock(2, {"accuracy": [0.5]})
     assert len(clock.epoch_ends) == 2 and clock.history == {"accuracy": [0.5]}
+
+
+def test_clock_lets_the_last_epoch_end_past_its_limit():
+    # the run's work is done by then: stopping it would only lose its result.json
+    clock = EpochClock(limit_s=0.0, last_epoch=3)
+    with pytest.raises(TimeUp):
+        clock(2, {})
+    clock(3, {"accuracy": [1.0]})
+    assert len(clock.epoch_ends) == 2 and clock.history == {"accuracy": [1.0]}

@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "factors_to_matrix": "photonics.approx",
     "merge_blocks": "photonics.approx",
     "partition_blocks": "photonics.approx",
+    "FULL_PRECISION": "photonics.precision",
+    "full_matmul": "photonics.precision",
     "AreaReport": "photonics.area",
     "MatrixArea": "photonics.area",
     "approx_matrix_mzis": "photonics.area",

@@ -551,14 +551,25 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Sched
     """
     total_steps = require_int("total_steps", total_steps, 1)
     if config.schedule == "constant":
-        return optax.constant_schedule(config.learning_rate)
-    if config.schedule == "cosine":
+        schedule = optax.constant_schedule(config.learning_rate)
+    elif config.schedule == "cosine":
         # floor(f T) < T for f < 1: the decay always has at least one step.
         warmup = int(config.warmup_fraction * total_steps)
-        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total_steps)
-    return optax.cosine_onecycle_schedule(
-        total_steps, config.learning_rate, pct_start=config.warmup_fraction
-    )
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, warmup, total_steps
+        )
+    else:
+        schedule = optax.cosine_onecycle_schedule(
+            total_steps, config.learning_rate, pct_start=config.warmup_fraction
+        )
+
+    def in_full_precision(count):
+        # optax's piecewise schedules pick their piece with a float32 dot product, which a
+        # GPU's default precision would round to TensorFloat-32 (10 mantissa bits).
+        with jax.default_matmul_precision("highest"):
+            return schedule(count)
+
+    return in_full_precision
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:

@@ -73,6 +73,7 @@ from optinc_jax.photonics.circuit import (
     forward_with_matrices,
 )
 from optinc_jax.photonics.nonideal import NOISE_MODELS
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import require_choice, require_int, require_real
 
 __all__ = [
@@ -353,7 +354,9 @@ def _exhaustive(circuit, keys, strength, *, model, dataset, chunk_size, perturb)
                 y = noise.apply_to_outputs(y, key, indices, strength)
             predicted = reconstruct_average(receiver(y))
             correct += jnp.sum(valid & (predicted == samples.target), dtype=jnp.int32)
-            error = (y - samples.target_symbols.astype(y.dtype)) ** 2 @ weights.astype(y.dtype)
+            error = full_matmul(
+                (y - samples.target_symbols.astype(y.dtype)) ** 2, weights.astype(y.dtype)
+            )
             squared += jnp.sum(jnp.where(valid, error, 0.0))
             return correct, squared
 

@@ -49,6 +49,7 @@ from optinc_jax.encoding.dataset import Dataset
 from optinc_jax.encoding.units import exact_average, receiver
 from optinc_jax.learning.onn import ONNApply, layer_leaf
 from optinc_jax.photonics.approx import diag_unitary_factors
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import require_choice, require_int, require_real
 
 __all__ = ["KinkInsertion", "insert_kinks"]
@@ -102,8 +103,8 @@ def _scan_chunk(apply_fn: ONNApply, dataset: Dataset, params, start: jax.Array, 
     value = exact_average(samples.inputs, dataset.bits)
     previous = jnp.where(valid[:, None], hidden[-2], 0.0)
     design = jnp.concatenate([previous, valid[:, None].astype(previous.dtype)], axis=-1)
-    gram = jnp.matmul(design.T, design, precision=jax.lax.Precision.HIGHEST)
-    moment = jnp.matmul(design.T, jnp.where(valid, value, 0.0), precision=jax.lax.Precision.HIGHEST)
+    gram = full_matmul(design.T, design)
+    moment = full_matmul(design.T, jnp.where(valid, value, 0.0))
     fired = jnp.max(jnp.where(valid[:, None], hidden[-1], 0.0), axis=0)
     return wrong & valid, value, gram, moment, fired
 

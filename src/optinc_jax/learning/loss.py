@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from optinc_jax.encoding.pam4 import place_values
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import require_choice, require_int, require_real
 
 __all__ = [
@@ -121,7 +122,7 @@ def weighted_symbol_mse(
     error = jnp.asarray(y) - jnp.asarray(target_symbols, jnp.asarray(y).dtype)
     if tolerance:
         error = jnp.maximum(jnp.abs(error) - tolerance, 0.0)
-    return jnp.mean(error**2 @ jnp.asarray(weights, error.dtype))
+    return jnp.mean(full_matmul(error**2, jnp.asarray(weights, error.dtype)))
 
 
 def reconstruction_mse(y: ArrayLike, target: ArrayLike, *, bits: int) -> jax.Array:
@@ -136,7 +137,7 @@ def reconstruction_mse(y: ArrayLike, target: ArrayLike, *, bits: int) -> jax.Arr
         Scalar normalized loss.
     """
     y = jnp.asarray(y)
-    value = y @ place_values(y.shape[-1]).astype(y.dtype)
+    value = full_matmul(y, place_values(y.shape[-1]).astype(y.dtype))
     return jnp.mean((value - jnp.asarray(target, y.dtype)) ** 2) / (2.0**bits - 1.0) ** 2
 
 

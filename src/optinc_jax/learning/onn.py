@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from optinc_jax.photonics.precision import FULL_PRECISION
 from optinc_jax.validation import require_int
 
 __all__ = [
@@ -78,7 +79,7 @@ class ONN(nnx.Module):
                     fan_out,
                     rngs=rngs,
                     param_dtype=param_dtype,
-                    precision=jax.lax.Precision.HIGHEST,
+                    precision=FULL_PRECISION,
                 )
                 for fan_in, fan_out in itertools.pairwise(layers)
             ]

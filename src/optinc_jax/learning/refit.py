@@ -43,6 +43,7 @@ from optinc_jax.encoding.dataset import Dataset
 from optinc_jax.encoding.units import receiver
 from optinc_jax.learning.loss import receiver_hinge
 from optinc_jax.learning.onn import ONNApply, layer_leaf, onn_weights
+from optinc_jax.photonics.precision import FULL_PRECISION, full_matmul
 from optinc_jax.validation import require_int, require_real
 
 __all__ = ["RefitResult", "refit_last_layer", "with_last_layer"]
@@ -81,10 +82,6 @@ class RefitResult(NamedTuple):
             "loss_before": list(self.loss_before),
             "loss_after": list(self.loss_after),
         }
-
-
-def _product(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 @partial(jax.jit, static_argnames=("apply_fn", "dataset", "chunk_size"))
@@ -127,7 +124,10 @@ def _line_scan(table, w, direction, tolerance: float):
 
     def accumulate(carry, chunk):
         h, t, ok = chunk
-        y = _product(h, w)[:, None, :] + steps[None, :, None] * _product(h, direction)[:, None, :]
+        y = (
+            full_matmul(h, w)[:, None, :]
+            + steps[None, :, None] * full_matmul(h, direction)[:, None, :]
+        )
         target = t[:, None, :]
         weight = ok[:, None, None]
         loss = jnp.sum(jnp.where(weight, receiver_hinge(y, target, tolerance) ** 2, 0.0), axis=0)
@@ -146,12 +146,12 @@ def _newton_target(table, w, tolerance: float):
 
     def accumulate(carry, chunk):
         h, t, ok = chunk
-        y = _product(h, w)
+        y = full_matmul(h, w)
         active = ok[:, None] & (receiver_hinge(y, t, tolerance) > 0)
         goal = t + tolerance * jnp.sign(y - t)
         weighted = h[:, None, :] * active[:, :, None]  # [chunk, K, F + 1]
-        gram = jnp.einsum("ckf,cg->kfg", weighted, h, precision=jax.lax.Precision.HIGHEST)
-        moment = jnp.einsum("ckf,ck->kf", weighted, goal, precision=jax.lax.Precision.HIGHEST)
+        gram = jnp.einsum("ckf,cg->kfg", weighted, h, precision=FULL_PRECISION)
+        moment = jnp.einsum("ckf,ck->kf", weighted, goal, precision=FULL_PRECISION)
         return (carry[0] + gram, carry[1] + moment), None
 
     size, symbols_count = w.shape
@@ -261,12 +261,12 @@ def refit_last_layer(
     # In standardized columns h' = (h - shift) / scale the same outputs need
     # w' = scale * w, with the bias row absorbing shift . w.
     standard_w = w * column_scale[:, None]
-    standard_w = standard_w.at[-1].add(column_shift @ w)
+    standard_w = standard_w.at[-1].add(full_matmul(column_shift, w))
     best_standard, wrong_before, wrong_after, loss_before, loss_after = _refit(
         table, standard_w.astype(jnp.float32), tolerance, iterations
     )
     best_w = best_standard / column_scale[:, None]
-    best_w = best_w.at[-1].add(-(column_shift @ best_w))
+    best_w = best_w.at[-1].add(-full_matmul(column_shift, best_w))
     # A symbol the refit did not improve keeps its trained row bit for bit.
     improved = wrong_after < wrong_before
     new_kernel = jnp.where(improved[None, :], best_w[:-1] / scale, kernel).astype(kernel.dtype)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import (
     require_choice,
     require_finite_array,
@@ -136,7 +137,7 @@ def _diag_left(shape: tuple[int, int], side: Side) -> np.ndarray:
 def _polar(A: jax.Array) -> jax.Array:
     """``[..., k, k]`` orthogonal polar factor ``P Q^T`` of ``A = P S Q^T`` (batched SVD)."""
     P, _, Qt = jnp.linalg.svd(A, full_matrices=False)
-    return P @ Qt
+    return full_matmul(P, Qt)
 
 
 @jax.jit

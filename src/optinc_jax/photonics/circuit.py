@@ -99,6 +99,7 @@ from optinc_jax.photonics.approx import diag_unitary_factors, factors_to_matrix,
 from optinc_jax.photonics.decompose import decompose_orthogonal
 from optinc_jax.photonics.mesh import OrthogonalPhases, Transfer, mzi_count, propagate_columns
 from optinc_jax.photonics.mzi import mzi_transfer
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.photonics.svd_mapping import map_matrix_svd
 from optinc_jax.validation import require_choice, require_finite_array, require_real
 
@@ -323,12 +324,15 @@ def coupler_error_matrix(theta: ArrayLike, coupler_error: ArrayLike) -> jax.Arra
         )
     delta = jnp.pi - 2 * theta
     quarter = jnp.full_like(alpha[..., 0], jnp.pi / 4)
-    e = (
-        _coupler(quarter + alpha[..., 1])
-        @ _phase(delta)
-        @ _coupler(alpha[..., 0])
-        @ _phase(-delta)
-        @ _coupler(-quarter)
+    e = functools.reduce(
+        full_matmul,
+        (
+            _coupler(quarter + alpha[..., 1]),
+            _phase(delta),
+            _coupler(alpha[..., 0]),
+            _phase(-delta),
+            _coupler(-quarter),
+        ),
     )
     ideal = jnp.all(alpha == 0, axis=-1)[..., None, None]
     return jnp.where(ideal, jnp.eye(2, dtype=e.dtype), e)
@@ -360,7 +364,9 @@ def mzi_matrices(
     """
     theta, phi, loss_db = jnp.asarray(theta), jnp.asarray(phi), jnp.asarray(loss_db)
     ideal = jnp.asarray(transfer(theta, phi))
-    t = coupler_error_matrix(theta, coupler_error) @ ideal.astype(jnp.result_type(ideal, 1j))
+    t = full_matmul(
+        coupler_error_matrix(theta, coupler_error), ideal.astype(jnp.result_type(ideal, 1j))
+    )
     amplitude = jnp.power(10.0, -loss_db / 20.0)
     return amplitude[..., None, None].astype(t.dtype) * t
 
@@ -419,7 +425,7 @@ def _svd_stage_matrix(stage: SVDStage, transfer: Transfer) -> jax.Array:
     u_out = mesh_matrix(stage.output_mesh, transfer=transfer)
     a = _attenuation(stage.attenuators, transfer)
     k = a.shape[-1]
-    optics = (u_out[:, :k] * a[None, :]) @ u_in[:k, :]
+    optics = full_matmul(u_out[:, :k] * a[None, :], u_in[:k, :])
     return jnp.asarray(stage.gain) * optics
 
 
@@ -496,7 +502,7 @@ def _mlp(circuit: Circuit, weights: tuple, x: jax.Array) -> jax.Array:
     last = len(weights) - 1
     for index, (weight, stage) in enumerate(zip(weights, circuit.stages, strict=True)):
         bias = jnp.asarray(stage.bias)
-        hidden = hidden @ weight.T + bias.reshape((1,) * (hidden.ndim - 1) + bias.shape)
+        hidden = full_matmul(hidden, weight.T) + bias.reshape((1,) * (hidden.ndim - 1) + bias.shape)
         if index < last:
             hidden = jax.nn.relu(hidden)
     return hidden * jnp.asarray(circuit.output_scale) + jnp.asarray(circuit.output_shift)

@@ -39,6 +39,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from optinc_jax.photonics.mzi import givens_rotation, mzi_transfer
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import require_int
 
 Transfer = Callable[[jax.Array, jax.Array], jax.Array]
@@ -311,7 +312,7 @@ def apply_clements(
     _check_light(x, n)
     if _batch_size(x) >= n:
         unitary = clements_unitary(phases, transfer=transfer)
-        return x.astype(jnp.result_type(unitary, x)) @ unitary.T
+        return full_matmul(x.astype(jnp.result_type(unitary, x)), unitary.T)
     transfers = _mesh_transfers(phases, transfer)
     screen = jnp.exp(1j * phases.output_phase)
     dtype = jnp.result_type(transfers, screen, x)
@@ -389,7 +390,7 @@ def apply_orthogonal(phases: OrthogonalPhases, x: ArrayLike) -> jax.Array:
     _check_light(x, n)
     dtype = jnp.result_type(phases.theta, x, float)
     if _batch_size(x) >= n:
-        return x.astype(dtype) @ orthogonal_matrix(phases).astype(dtype).T
+        return full_matmul(x.astype(dtype), orthogonal_matrix(phases).astype(dtype).T)
     transfers = givens_rotation(phases.theta).astype(dtype)
     y = propagate_columns(transfers, jnp.moveaxis(x.astype(dtype), -1, 0))
     return jnp.moveaxis(_screen(phases.output_sign.astype(dtype), y), 0, -1)

@@ -24,6 +24,7 @@ from jax.typing import ArrayLike
 
 from optinc_jax.photonics.decompose import decompose_orthogonal
 from optinc_jax.photonics.mesh import OrthogonalPhases, apply_orthogonal, orthogonal_matrix
+from optinc_jax.photonics.precision import full_matmul
 from optinc_jax.validation import require_finite_array
 
 
@@ -133,7 +134,7 @@ def reconstruct_matrix(mapping: SVDMeshMapping) -> jax.Array:
     _, _, k = _check_mapping(mapping)
     u = orthogonal_matrix(mapping.output_mesh)
     vt = orthogonal_matrix(mapping.input_mesh)
-    return mapping.gain * (u[:, :k] * mapping.attenuation[None, :]) @ vt[:k, :]
+    return mapping.gain * full_matmul(u[:, :k] * mapping.attenuation[None, :], vt[:k, :])
 
 
 @jax.jit
