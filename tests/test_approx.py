@@ -15,6 +15,7 @@ from optinc_jax.photonics.approx import (
     DiagUnitaryFactors,
     approx_diag_unitary,
     diag_unitary_factors,
+    diag_unitary_residual,
     factors_to_matrix,
     merge_blocks,
     partition_blocks,
@@ -309,3 +310,43 @@ def test_factors_to_matrix_known_value():
     np.testing.assert_array_equal(wide, [[1.0, 0.0, 0.0, 4.0], [0.0, 2.0, 3.0, 0.0]])
     tall = factors_to_matrix(factors, (3, 2))  # the second block's last row is cropped
     np.testing.assert_array_equal(tall, [[1.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+
+
+@given(shapes, seeds, sides, st.sampled_from([0, 2]))
+def test_residual_is_float_rounding_on_a_projected_matrix(shape, seed, side, refine_steps):
+    projected = approx_diag_unitary(_random(shape, seed), side=side, refine_steps=refine_steps)
+    residual = diag_unitary_residual(projected, side=side, refine_steps=refine_steps)
+    assert residual.dtype == jnp.float32 and 0 <= float(residual) < 2e-6
+
+
+@given(shapes, seeds, sides)
+def test_residual_is_the_relative_distance_to_the_projection(shape, seed, side):
+    W = _random(shape, seed)
+    expected = np.linalg.norm(W - np.asarray(approx_diag_unitary(W, side=side), np.float64))
+    expected /= np.linalg.norm(W.astype(np.float64))
+    np.testing.assert_allclose(float(diag_unitary_residual(W, side=side)), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_residual_sees_a_projection_rounded_to_tensorfloat32(side):
+    # A GPU's default precision rounded the polar factor's inputs to 10 mantissa bits;
+    # the re-projection in full precision sees the matrices move by far more than rounding.
+    def tf32(x):
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        bits = (bits + jnp.uint32(0x0FFF) + ((bits >> 13) & 1)) & jnp.uint32(0xFFFFE000)
+        return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+    W = jnp.asarray(_random((64, 128), 5))
+    exact = approx_diag_unitary(W, side=side)
+    blocks = partition_blocks(exact)
+    rounded = merge_blocks(tf32(blocks), exact.shape)
+    assert float(diag_unitary_residual(exact, side=side)) < 2e-6
+    assert float(diag_unitary_residual(rounded, side=side)) > 2e-5
+
+
+def test_residual_of_zero_and_of_a_known_matrix():
+    assert float(diag_unitary_residual(jnp.zeros((3, 5)))) == 0.0
+    # [[1, 1], [0, 1]] projects to [[6, 3], [-2, 4]] / 5 (test_known_2x2_value): residual
+    # ||[[-1, 2], [2, 1]] / 5|| / sqrt(3) = sqrt(10) / (5 sqrt(3)) = 0.36515
+    value = float(diag_unitary_residual(jnp.array([[1.0, 1.0], [0.0, 1.0]])))
+    assert value == pytest.approx(math.sqrt(10) / (5 * math.sqrt(3)), rel=1e-6)

@@ -55,6 +55,8 @@ def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
     # every selected matrix is exactly (to float error) of diag x unitary form
     for weight, _ in onn_weights(result.params):
         np.testing.assert_allclose(weight, approx_diag_unitary(weight), atol=1e-5)
+    # and the record says how exactly: the largest relative distance, float rounding
+    assert 0 <= record["approx_residual"] < 2e-6
 
 
 def test_resuming_a_finished_run_trains_no_further(trained):
@@ -132,6 +134,7 @@ def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(
     chex.assert_trees_all_close(same.params, reference.params, atol=0, rtol=0)
     assert same.record["history"] == reference.record["history"]
     assert same.record["area_ratio"] == 1.0 > reference.record["area_ratio"]
+    assert same.record["approx_residual"] is None and reference.record["approx_residual"] < 2e-6
     # Released after epoch 2, its last epoch trains the matrices freely.
     released = conditioned.replace(condition_until=2)
     free_end = train_onn(released, tmp_path / "released", progress=False)

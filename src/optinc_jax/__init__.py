@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "DiagUnitaryFactors": "photonics.approx",
     "approx_diag_unitary": "photonics.approx",
     "diag_unitary_factors": "photonics.approx",
+    "diag_unitary_residual": "photonics.approx",
     "factors_to_matrix": "photonics.approx",
     "merge_blocks": "photonics.approx",
     "partition_blocks": "photonics.approx",

@@ -11,13 +11,16 @@ final parameters are always projected. Checkpoints are written atomically and a 
 resumes from the last one with the same result it would have reached uninterrupted; a
 finished run asked to resume returns its stored result. ``result.json`` records the epoch
 and the training seconds at which the projected network first reached 100 %
-(``first_full_accuracy``; ``null`` if it never did). Every evaluation during training is one
-pass of :func:`optinc_jax.learning.focus.find_hard_samples` (on one device; a mesh run
-without focus uses the sharded :func:`~optinc_jax.learning.evaluate.evaluate_exhaustive`):
-it counts the right inputs exactly and records per-symbol wrong counts, the number of
-inputs within ``focus_margin`` of a threshold and the smallest margin in the history; the
-error histogram is evaluated once, at the end. With ``TrainConfig.focus_fraction > 0`` a
-share of each following minibatch is drawn from those wrong and low-margin inputs.
+(``first_full_accuracy``; ``null`` if it never did) and how far the final approximated
+matrices are from diagonal x orthogonal form (``approx_residual``, the largest relative
+Frobenius distance, float rounding: about 1e-6 for 8b8s; ``null`` without approximation). Every
+evaluation during training is one pass of
+:func:`optinc_jax.learning.focus.find_hard_samples` (on one device; a mesh run without
+focus uses the sharded :func:`~optinc_jax.learning.evaluate.evaluate_exhaustive`): it
+counts the right inputs exactly and records per-symbol wrong counts, the number of inputs
+within ``focus_margin`` of a threshold and the smallest margin in the history; the error
+histogram is evaluated once, at the end. With ``TrainConfig.focus_fraction > 0`` a share
+of each following minibatch is drawn from those wrong and low-margin inputs.
 
 A run is safe to leave alone: one writer holds the run directory's lock for the run's
 lifetime (:mod:`optinc_jax.learning.run_lock`); a configuration that cannot fit in memory is
@@ -63,7 +66,7 @@ from optinc_jax.learning.finetune import (
 from optinc_jax.learning.finish import finish_on_hard_set
 from optinc_jax.learning.focus import find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
-from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn
+from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn, onn_weights
 from optinc_jax.learning.projection import projection_diag_unitary
 from optinc_jax.learning.refit import refit_last_layer, with_last_layer
 from optinc_jax.learning.reporting import (
@@ -78,6 +81,7 @@ from optinc_jax.learning.revival import (
 )
 from optinc_jax.learning.run_lock import run_directory_lock
 from optinc_jax.learning.step import DATA_AXIS, PERMUTATION_LIMIT, TrainState, train_epoch
+from optinc_jax.photonics.approx import diag_unitary_residual
 from optinc_jax.photonics.circuit import compile_circuit, save_circuit
 from optinc_jax.scenarios import SCENARIOS, Scenario, scenario_from_json
 
@@ -219,6 +223,25 @@ def _hardware_params(config: TrainConfig, approx_layers: tuple[int, ...], epoch:
     if projection_due(config, epoch):
         return params
     return _project(config, approx_layers, params)
+
+
+def _approx_residual(config: TrainConfig, approx_layers: tuple[int, ...], params) -> float | None:
+    """The largest :func:`diag_unitary_residual` of the approximated matrices.
+
+    ``None`` without any; float rounding (about 1e-6 for 8b8s) when the network is what
+    the hardware implements.
+    """
+    if not approx_layers:
+        return None
+    weights = onn_weights(params)
+    return max(
+        float(
+            diag_unitary_residual(
+                weights[index - 1][0], side=config.approx_side, refine_steps=config.refine_steps
+            )
+        )
+        for index in approx_layers
+    )
 
 
 def _score_hard_samples(config: TrainConfig, setup: "TrainingSetup", epoch: int, params):
@@ -592,6 +615,7 @@ def _train_locked(
         "config": config_json,
         "history": history,
         "alive_units": _alive_units(config, setup, epoch, final_params),
+        "approx_residual": _approx_residual(config, approx_layers, final_params),
     }
     if config.noise_epochs > 0:
         record["noise_finetune"] = _noise_finetune(
