@@ -11,7 +11,7 @@
 #
 # Measured on one H100 (2026-12-05, results/accelerator/h100_2026-12-05/): 3 seeds at once
 # ran the 8b8s preset's 250 epochs, finishing and refit in 361-379 s each (first epoch,
-# with compilation, 31-33 s; then 1.32-1.39 s per epoch, scoring, projection and
+# with compilation, 31-33 s; then 0.78-0.79 s per epoch, scoring, projection and
 # checkpoint included; the finishing and refit 133-151 s). 8 at once compiled for 158-161 s
 # before their first epoch ended and then took 2.0-2.2 s per epoch each: 8 seeds do not
 # fit one 10-minute call. Hence the defaults. Usage, from the repository root, with the

@@ -15,9 +15,9 @@ time, whichever comes first. ``--seeds 0,1,2`` trains every variant once per see
 inputs, median, how many reached 100 % and when). With ``--parallel P`` (default 1) up to
 P variants train at once, each in its own process: on one GPU an 8b8s epoch is
 launch-bound, so two runs share it at little cost each (measured on an H200: 0.35-0.48 s
-per epoch with two at once, 0.44 s alone). More saturate it: on an H100, 1.32-1.39 s per
-epoch each with three at once, 2.0-2.2 s each with eight, after 160 s of compiling side
-by side. On a 2-core CPU keep 1.
+per epoch with two at once, 0.44 s alone). More saturate it: on an H100, 0.78-0.79 s per
+epoch each with three at once, 2.0-2.2 s each with eight (after 160 s of compiling side
+by side), about 3.8 epochs per second in all either way. On a 2-core CPU keep 1.
 
 Writes ``OUT/<name>.json`` for each variant (the changes, the stop reason, the wrong
 inputs at the last evaluation, the final exhaustive accuracy and error histogram if it
