@@ -329,8 +329,9 @@ def test_residual_is_the_relative_distance_to_the_projection(shape, seed, side):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_residual_sees_a_projection_rounded_to_tensorfloat32(side):
-    # A GPU's default precision rounded the polar factor's inputs to 10 mantissa bits;
-    # the re-projection in full precision sees the matrices move by far more than rounding.
+    # A GPU's default precision rounded the polar factor's inputs to 10 mantissa bits. As
+    # a stand-in, the projected matrix's entries are rounded so: the residual sees them
+    # off the diagonal x orthogonal form by far more than float32 rounding.
     def tf32(x):
         bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
         bits = (bits + jnp.uint32(0x0FFF) + ((bits >> 13) & 1)) & jnp.uint32(0xFFFFE000)

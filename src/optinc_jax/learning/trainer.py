@@ -13,8 +13,8 @@ finished run asked to resume returns its stored result. ``result.json`` records 
 and the training seconds at which the projected network first reached 100 %
 (``first_full_accuracy``; ``null`` if it never did) and how far the final approximated
 matrices are from diagonal x orthogonal form (``approx_residual``, the largest relative
-Frobenius distance, float rounding: about 1e-6 for 8b8s; ``null`` without approximation). Every
-evaluation during training is one pass of
+Frobenius distance: float rounding, about 1e-6 for 8b8s; ``null`` without approximation).
+Every evaluation during training is one pass of
 :func:`optinc_jax.learning.focus.find_hard_samples` (on one device; a mesh run without
 focus uses the sharded :func:`~optinc_jax.learning.evaluate.evaluate_exhaustive`): it
 counts the right inputs exactly and records per-symbol wrong counts, the number of inputs
