@@ -289,6 +289,8 @@ _EXPORTS: dict[str, str] = {
     "make_level_dataset": "encoding.cascade_dataset",
     "reachable_inputs": "encoding.cascade_dataset",
     "remainder_symbols": "encoding.cascade_dataset",
+    "PaddedGrid": "encoding.padded_grid",
+    "make_padded_grid": "encoding.padded_grid",
     # Top level: scenarios as values.
     "SCENARIOS": "scenarios",
     "TRAINING_PRESETS": "scenarios",
