@@ -1,21 +1,22 @@
-"""PaddedGrid (the grid with virtual levels of the last input) and experiments.padded_grid."""
+"""PaddedGrid (the grid with virtual levels of the last input) and training on it."""
 
 import itertools
-import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments import padded_grid
 from optinc_jax import (
     TrainConfig,
     evaluate_exhaustive,
+    find_hard_samples,
     load_run,
     make_dataset_spec,
     make_padded_grid,
+    train_onn,
 )
 
 SPECS = [(2, 1, 1), (2, 3, 1), (4, 2, 2), (4, 3, 1), (8, 2, 4), (8, 4, 2)]
@@ -103,41 +104,111 @@ def test_it_is_a_value_and_refuses_bad_levels():
         make_padded_grid(make_dataset_spec(16, 4), 10**6)
 
 
-def test_the_experiment_trains_on_the_padded_grid_and_judges_the_real_one(tmp_path, capsys):
-    config = TrainConfig.for_scenario(
-        "8b4s",
-        approx="none",
-        epochs=2,
-        steps_per_epoch=5,
+def _tiny_config(**changes):
+    return TrainConfig(
+        scenario="8b4s",
+        approx="2,3",
+        epochs=3,
+        steps_per_epoch=7,
         checkpoint_every=1,
-        finish_rounds=1,
-        refit_iterations=2,
+        focus_fraction=0.25,
+        **changes,
     )
-    run_dir = tmp_path / "run"
-    record = padded_grid.train_padded(config, run_dir, pad_levels=1, progress=False)
-    run = load_run(run_dir, dataset=make_padded_grid(make_dataset_spec(8, 4), 1))
-    assert run.epoch == 2
-    real = evaluate_exhaustive(run.apply_fn, run.params, make_dataset_spec(8, 4))
-    assert record["wrong_after_training"] == real.total - real.correct > 0
-    assert record["wrong_padded"] == record["wrong_after_training"] + record["wrong_virtual"]
-    assert (record["padded_size"], record["grid_size"]) == (13**3 * 15, 13**4)
-    assert record["wrong_after"] <= record["wrong_after_finish"] <= record["wrong_after_training"]
-    assert "refit_seconds" in record
-    # Resuming the finished run trains nothing more and gives the same numbers.
-    again = padded_grid.train_padded(config, run_dir, pad_levels=1, progress=False)
-    for key in ("wrong_padded", "wrong_after_training", "wrong_after_finish", "wrong_after"):
-        assert again[key] == record[key]
 
 
-def test_the_command_line_writes_strict_json_and_fails_in_one_line(tmp_path, capsys):
-    out = tmp_path / "out"
-    args = ["--scenario", "8b4s", "--pad-levels", "2", "--approx", "none", "--epochs", "1"]
-    args += ["--steps-per-epoch", "3", "--run-dir", str(tmp_path / "run"), "--out", str(out)]
-    padded_grid.main([*args, "--json"])
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads((out / "8b4s-pad2-seed0.json").read_text())
-    assert printed["pad_levels"] == 2 and printed["epochs"] == 1
-    with pytest.raises(SystemExit) as exit_info:
-        padded_grid.main(["--scenario", "no-such", "--out", str(out)])
-    assert exit_info.value.code == 1
-    assert capsys.readouterr().err.count("\n") == 1
+def _leaves(params):
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(params)]
+
+
+def test_pad_levels_trains_on_the_padded_grid_and_judges_the_real_one(tmp_path):
+    grid = make_dataset_spec(8, 4)
+    padded = make_padded_grid(grid, 2)
+    ours = train_onn(_tiny_config(pad_levels=2), tmp_path / "pad", progress=False)
+    # The same steps as a run on the padded set itself: same draws, same focus scoring.
+    plain = train_onn(_tiny_config(), tmp_path / "plain", progress=False, dataset=padded)
+    for a, b in zip(_leaves(ours.params), _leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert ours.record["steps_per_epoch"] == plain.record["steps_per_epoch"] == 7
+    # ... but the accuracy is the real grid's, at every evaluation.
+    real = evaluate_exhaustive(ours.apply_fn, ours.params, grid)
+    assert (ours.evaluation.total, ours.evaluation.correct) == (grid.size, real.correct)
+    assert ours.record["history"]["accuracy"][-1] == real.correct / grid.size
+    # The epochs before the last are scored in the focus pass: over the real grid's index
+    # range, where the run on the padded set itself counts the virtual inputs too.
+    ours_errors = ours.record["history"]["symbol_errors"]
+    plain_errors = plain.record["history"]["symbol_errors"]
+    assert len(ours_errors) == len(plain_errors) == 2
+    for judged, whole in zip(ours_errors, plain_errors, strict=True):
+        assert sum(judged) < sum(whole)
+    start, stop = padded.grid_range()
+    assert ours.record["training_set"] == {
+        "kind": "padded grid",
+        "pad_levels": 2,
+        "size": padded.size,
+        "grid_range": [start, stop],
+    }
+    assert "training_set" not in plain.record
+    assert ours.record["dataset"]["kind"] == "grid"
+    # A reloaded run rebuilds the padded training set from its config.
+    loaded = load_run(tmp_path / "pad")
+    assert loaded.config.pad_levels == 2
+    for a, b in zip(_leaves(loaded.params), _leaves(ours.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_scored_accuracy_counts_the_judged_range_only():
+    grid = make_dataset_spec(8, 4)
+    padded = make_padded_grid(grid, 3)
+    run = TrainConfig(scenario="8b4s", approx="none", epochs=1, steps_per_epoch=3)
+    from optinc_jax import build_onn, onn_apply_fn
+
+    apply_fn, params = onn_apply_fn(build_onn(run.resolved_scenario().layers, symbols_per_input=1))
+    _, whole_info = find_hard_samples(apply_fn, params, padded, margin=0.25)
+    _, judged_info = find_hard_samples(
+        apply_fn, params, padded, margin=0.25, judged=padded.grid_range()
+    )
+    real = evaluate_exhaustive(apply_fn, params, grid)
+    _, real_info = find_hard_samples(apply_fn, params, grid, margin=0.25)
+    assert judged_info["correct"] == real.correct == real_info["correct"]
+    assert judged_info["symbol_errors"] == real_info["symbol_errors"]
+    assert judged_info["min_margin"] == real_info["min_margin"]
+    # The hard set still covers the whole padded set.
+    assert judged_info["hard_count"] == whole_info["hard_count"] > real_info["hard_count"]
+    # Over the whole padded set the virtual inputs' errors count too.
+    assert all(
+        a >= b
+        for a, b in zip(whole_info["symbol_errors"], judged_info["symbol_errors"], strict=True)
+    )
+    assert sum(whole_info["symbol_errors"]) > sum(judged_info["symbol_errors"])
+    with pytest.raises(ValueError, match="judged"):
+        find_hard_samples(apply_fn, params, padded, margin=0.25, judged=(5, 5))
+    with pytest.raises(ValueError, match="judged"):
+        find_hard_samples(apply_fn, params, padded, margin=0.25, judged=(0, padded.size + 1))
+
+
+def test_pad_levels_is_validated_recorded_only_when_set_and_resumes(tmp_path):
+    with pytest.raises(ValueError, match="pad_levels"):
+        TrainConfig(pad_levels=-1)
+    assert "pad_levels" not in TrainConfig().to_json()
+    config = _tiny_config(pad_levels=1)
+    assert TrainConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="pad_levels=1 pads the scenario's grid"):
+        train_onn(config, tmp_path / "custom", progress=False, dataset=make_dataset_spec(8, 4))
+    # Killed after epoch 2 and resumed: the very same network as the uninterrupted run.
+    whole = train_onn(config, tmp_path / "whole", progress=False)
+
+    def stop_after_two(epoch, _history):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_onn(config, tmp_path / "killed", progress=False, on_epoch_end=stop_after_two)
+    resumed = train_onn(config, tmp_path / "killed", progress=False, resume=True)
+    for a, b in zip(_leaves(resumed.params), _leaves(whole.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.record["history"]["accuracy"] == whole.record["history"]["accuracy"]
+
+
+def test_the_8b8s_preset_pads_four_levels():
+    assert TrainConfig.for_scenario("8b8s").pad_levels == 4
+    assert TrainConfig.for_scenario("8b4s").pad_levels == 0

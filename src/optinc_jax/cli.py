@@ -395,6 +395,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "single learning rate) [default: the preset's, else 1].",
 )
 @click.option(
+    "--pad-levels",
+    type=click.IntRange(min=0),
+    help="Train on the grid padded with this many virtual levels of the most significant "
+    "input on each side; the accuracy is the real grid's (not in the paper) "
+    "[default: the preset's, else 0].",
+)
+@click.option(
     "--refit-iterations",
     type=click.IntRange(min=0),
     help="After the last epoch, re-solve the last weight matrix over the whole grid for "
@@ -456,6 +463,7 @@ def train_command(
     leak_start: float | None,
     leak_until: int | None,
     bias_learning_rate_scale: float | None,
+    pad_levels: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
     finish_rounds: int | None,
@@ -497,6 +505,7 @@ def train_command(
         "leak_start": leak_start,
         "leak_until": leak_until,
         "bias_learning_rate_scale": bias_learning_rate_scale,
+        "pad_levels": pad_levels,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
         "finish_rounds": finish_rounds,

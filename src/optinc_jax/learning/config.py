@@ -162,10 +162,19 @@ class TrainConfig:
             pushed off every input early; measured, that kept more units alive and
             trained worse on 8b8s and 8b4s (README, "Training recipe", item 16). Not in
             the paper (one learning rate); 1 (the default) is the paper's.
+        pad_levels: virtual levels of the most significant input added on each side of
+            the scenario's grid for training, ``>= 0``
+            (:class:`~optinc_jax.encoding.padded_grid.PaddedGrid`). The steps, the
+            focused draws and their scoring use the padded set; the accuracy, the first
+            100 %, the stop, the finishing and the refit judge the real grid alone. Not in
+            the paper (the grid alone); 0 (the default) pads nothing. On 8b8s four levels
+            took a network to 100 % where the grid alone had left its wraps near both
+            ends wrong (README, "Training recipe", item 19).
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
-    ``refit_*``, ``finish_*``, ``leak_*`` and ``bias_learning_rate_scale`` fields are
+    ``refit_*``, ``finish_*``, ``leak_*``, ``bias_learning_rate_scale`` and ``pad_levels``
+    fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -214,6 +223,7 @@ class TrainConfig:
     leak_start: float = 0.0
     leak_until: int = 0
     bias_learning_rate_scale: float = 1.0
+    pad_levels: int = 0
 
     def __post_init__(self):
         """Validates every field (one ``ValueError`` naming the field)."""
@@ -309,6 +319,7 @@ class TrainConfig:
         require_real(
             "bias_learning_rate_scale", self.bias_learning_rate_scale, low=0.0, low_inclusive=False
         )
+        require_int("pad_levels", self.pad_levels, 0)
         last_matrix = scenario.num_matrices
         if self.refit_iterations and last_matrix in self.approx_layers():
             raise ValueError(
@@ -506,6 +517,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "finish_",
             "leak_",
             "bias_learning_rate_scale",
+            "pad_levels",
         )
     )
 }

@@ -90,9 +90,9 @@ def symbol_margins(y: ArrayLike, target_symbols: ArrayLike) -> jax.Array:
     return jnp.where(jnp.isfinite(y), jnp.minimum(above, below), -jnp.inf)
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "dataset", "chunk_size"))
-def _score(params, margin, *, apply_fn, dataset: Dataset, chunk_size: int):
-    """Margins of every sample and the hard set, in one pass."""
+@partial(jax.jit, static_argnames=("apply_fn", "dataset", "chunk_size", "judged"))
+def _score(params, margin, *, apply_fn, dataset: Dataset, chunk_size: int, judged: tuple[int, int]):
+    """Margins of every sample and the hard set, in one pass; counts over ``judged``."""
     chunks = -(-dataset.size // chunk_size)
     starts = jnp.arange(chunks, dtype=jnp.int32) * chunk_size
 
@@ -102,12 +102,13 @@ def _score(params, margin, *, apply_fn, dataset: Dataset, chunk_size: int):
         samples = dataset.samples(jnp.where(valid, indices, 0))
         y = apply_fn(params, samples.inputs)
         margins = jnp.where(valid[:, None], symbol_margins(y, samples.target_symbols), jnp.inf)
+        counted = (indices >= judged[0]) & (indices < judged[1])
         # Right exactly when the receiver decides every symbol right (digits in 0..3 are
         # unique), as the exhaustive evaluation counts it.
-        right = valid & jnp.all(receiver(y) == samples.target_symbols, axis=-1)
+        right = counted & jnp.all(receiver(y) == samples.target_symbols, axis=-1)
         return (
             jnp.min(margins, axis=-1),
-            jnp.sum(margins <= 0, axis=0, dtype=jnp.int32),
+            jnp.sum((margins <= 0) & counted[:, None], axis=0, dtype=jnp.int32),
             jnp.sum(right, dtype=jnp.int32),
         )
 
@@ -119,7 +120,7 @@ def _score(params, margin, *, apply_fn, dataset: Dataset, chunk_size: int):
         "correct": jnp.sum(right),
         "symbol_errors": jnp.sum(wrong, axis=0),
         "hard_count": jnp.sum(hard, dtype=jnp.int32),
-        "min_margin": jnp.min(sample_margin),
+        "min_margin": jnp.min(sample_margin[judged[0] : judged[1]]),
     }
     return HardSet(indices.astype(jnp.int32), diagnostics["hard_count"]), diagnostics
 
@@ -131,6 +132,7 @@ def find_hard_samples(
     *,
     margin: float,
     chunk_size: int = 1 << 12,
+    judged: tuple[int, int] | None = None,
 ) -> tuple[HardSet, dict[str, Any]]:
     """Every input whose smallest symbol margin is below ``margin`` (wrong ones included).
 
@@ -141,6 +143,11 @@ def find_hard_samples(
         margin: threshold in symbol units, in ``(0, 0.5]``; an input is hard when some
             symbol of it is decided wrong or lies within ``margin`` of a threshold.
         chunk_size: samples per step of the pass (memory: one chunk's activations).
+        judged: ``(start, stop)``, the index range that ``correct``, ``symbol_errors``
+            and ``min_margin`` describe (the real grid inside a padded training set,
+            :meth:`~optinc_jax.encoding.padded_grid.PaddedGrid.grid_range`); ``None``
+            (the default) for the whole dataset. The hard set always covers the whole
+            dataset.
 
     Returns:
         ``(hard_set, diagnostics)``: the :class:`HardSet` (on device) and a dict of host
@@ -151,16 +158,28 @@ def find_hard_samples(
         is wrong).
 
     Raises:
-        ValueError: if ``margin`` is outside ``(0, 0.5]`` or ``chunk_size < 1``.
+        ValueError: if ``margin`` is outside ``(0, 0.5]``, ``chunk_size < 1`` or
+            ``judged`` is not a non-empty range inside the dataset.
     """
     margin = require_real("margin", margin, low=0.0, high=0.5, low_inclusive=False)
+    judged = (0, dataset.size) if judged is None else tuple(judged)
+    if len(judged) != 2:
+        raise ValueError(f"judged must be a range (start, stop), got {judged}")
+    start, stop = (require_int("judged", bound, 0, dataset.size) for bound in judged)
+    if start >= stop:
+        raise ValueError(f"judged must be a non-empty range (start, stop), got {judged}")
     chunk_size = require_int("chunk_size", min(chunk_size, dataset.size), 1)
     if -(-dataset.size // chunk_size) * chunk_size - 1 > INT32_MAX:
         raise ValueError(
             f"chunk_size {chunk_size} for {dataset.size} samples would index beyond int32"
         )
     hard, diagnostics = _score(
-        params, jnp.float32(margin), apply_fn=apply_fn, dataset=dataset, chunk_size=chunk_size
+        params,
+        jnp.float32(margin),
+        apply_fn=apply_fn,
+        dataset=dataset,
+        chunk_size=chunk_size,
+        judged=(start, stop),
     )
     diagnostics = jax.device_get(diagnostics)
     return hard, {

@@ -48,6 +48,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optinc_jax.encoding.dataset import Dataset, DatasetSpec, make_dataset_spec
+from optinc_jax.encoding.padded_grid import make_padded_grid
 from optinc_jax.learning.balance import TargetClasses, target_classes
 from optinc_jax.learning.checkpoint import CheckpointError, TrainCheckpointer
 from optinc_jax.learning.config import (
@@ -151,11 +152,16 @@ class TrainingSetup(NamedTuple):
     Attributes:
         scenario: the scenario value.
         approx_layers: 1-based approximated weight matrices.
-        dataset: the training and evaluation set.
+        dataset: the evaluation set, whose accuracy the run reports (the training set too
+            unless the config pads the grid).
         steps_per_epoch: optimizer steps per epoch.
         model: the freshly initialized ONN.
         apply_fn: its pure forward (compares by value).
         initial_state: initial parameters and optimizer state.
+        train_dataset: the set the steps draw from: ``dataset`` itself, or with
+            ``config.pad_levels`` the grid padded beyond both ends
+            (:class:`~optinc_jax.encoding.padded_grid.PaddedGrid`), which holds
+            ``dataset`` as its index range ``grid_range()``.
     """
 
     scenario: Scenario
@@ -165,6 +171,13 @@ class TrainingSetup(NamedTuple):
     model: ONN
     apply_fn: ONNApply
     initial_state: TrainState
+    train_dataset: Dataset
+
+    def judged_range(self) -> tuple[int, int] | None:
+        """The evaluation set's index range inside the training set (``None``: the same set)."""
+        if self.train_dataset is self.dataset:
+            return None
+        return self.train_dataset.grid_range()
 
 
 def build_training(config: TrainConfig, dataset: Dataset | None = None) -> TrainingSetup:
@@ -176,21 +189,29 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
             ``bits`` must equal the scenario's (the ONN has ``bits / 2`` outputs).
 
     Returns:
-        The :class:`TrainingSetup`.
+        The :class:`TrainingSetup`; with ``config.pad_levels`` it trains on the padded
+        grid and judges the grid.
 
     Raises:
-        ValueError: on a dataset of the wrong bit width or a batch larger than it.
+        ValueError: on a dataset of the wrong bit width or a batch larger than it, or a
+            given dataset with ``config.pad_levels`` (only the scenario's grid is padded).
     """
     scenario = config.resolved_scenario()
     approx_layers = config.approx_layers()
     if dataset is None:
         dataset = make_dataset_spec(scenario.bits, scenario.servers, scenario.inputs)
+    elif config.pad_levels:
+        raise ValueError(
+            f"pad_levels={config.pad_levels} pads the scenario's grid; a run on a given "
+            f"dataset ({dataset!r}) takes pad_levels=0"
+        )
     elif dataset.bits != scenario.bits:
         raise ValueError(
             f"the dataset has {dataset.bits}-bit targets but scenario {scenario.name!r} is "
             f"{scenario.bits}-bit ({scenario.bits // 2} ONN outputs)"
         )
-    steps = steps_per_epoch(config, dataset.size)
+    train_dataset = make_padded_grid(dataset, config.pad_levels) if config.pad_levels else dataset
+    steps = steps_per_epoch(config, train_dataset.size)
     symbols_per_input = scenario.bits // 2 // scenario.inputs
     model = build_onn(scenario.layers, symbols_per_input=symbols_per_input, seed=config.seed)
     apply_fn, params = onn_apply_fn(model)
@@ -203,6 +224,7 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
         model,
         apply_fn,
         TrainState(params, tx.init(params)),
+        train_dataset,
     )
 
 
@@ -249,9 +271,10 @@ def _score_hard_samples(config: TrainConfig, setup: "TrainingSetup", epoch: int,
     return find_hard_samples(
         setup.apply_fn,
         _hardware_params(config, setup.approx_layers, epoch, params),
-        setup.dataset,
+        setup.train_dataset,
         margin=config.focus_margin,
         chunk_size=config.eval_chunk_size or default_chunk_size(),
+        judged=setup.judged_range(),
     )
 
 
@@ -259,6 +282,22 @@ def _dataset_description(dataset: Dataset) -> dict[str, Any]:
     if isinstance(dataset, DatasetSpec):
         return {"kind": "grid", **dataset._asdict(), "size": dataset.size}
     return {"kind": "custom", "repr": repr(dataset), "size": dataset.size, "bits": dataset.bits}
+
+
+def _training_set_description(setup: TrainingSetup) -> dict[str, Any]:
+    """``{"training_set": ...}`` when the steps draw from a padded grid, else nothing."""
+    if setup.judged_range() is None:
+        return {}
+    padded = setup.train_dataset
+    start, stop = padded.grid_range()
+    return {
+        "training_set": {
+            "kind": "padded grid",
+            "pad_levels": padded.pad_levels,
+            "size": padded.size,
+            "grid_range": [start, stop],
+        }
+    }
 
 
 class LoadedRun(NamedTuple):
@@ -424,10 +463,12 @@ def train_onn(
     footprint = training_footprint(
         setup.scenario.layers,
         bits=setup.dataset.bits,
-        dataset_size=setup.dataset.size,
+        dataset_size=setup.train_dataset.size,
         batch_size=config.batch_size,
         steps_per_epoch=setup.steps_per_epoch,
-        eval_chunk_size=min(config.eval_chunk_size or default_chunk_size(), setup.dataset.size),
+        eval_chunk_size=min(
+            config.eval_chunk_size or default_chunk_size(), setup.train_dataset.size
+        ),
         permutation_limit=PERMUTATION_LIMIT,
     )
     require_fits_memory(
@@ -487,9 +528,12 @@ def _train_locked(
         # The dataset's samples grouped by target, once per run that trains, for the
         # balanced draws and the balanced finishing (neither a reloaded run nor a finished
         # one returned above needs them).
-        classes = None
-        if config.balance_fraction > 0 or config.finish_balance:
+        classes = draw_classes = None
+        if config.finish_balance:
             classes = target_classes(dataset)
+        if config.balance_fraction > 0:
+            same = setup.train_dataset is dataset and classes is not None
+            draw_classes = classes if same else target_classes(setup.train_dataset)
 
         epoch, evaluation = start_epoch, None
         if config.focus_fraction > 0 and start_epoch > 0:
@@ -507,13 +551,13 @@ def _train_locked(
                 state,
                 jax.random.fold_in(seed_key, epoch),
                 apply_fn=apply_fn,
-                dataset=dataset,
+                dataset=setup.train_dataset,
                 config=config,
                 stage=stage,
                 steps=steps,
                 mesh=mesh,
                 hard=hard,
-                classes=classes if config.balance_fraction > 0 else None,
+                classes=draw_classes,
                 leak=None if leak is None else jnp.float32(leak),
             )
             epoch += 1
@@ -612,6 +656,7 @@ def _train_locked(
         "device": jax.devices()[0].platform,
         "devices": 1 if mesh is None else mesh.size,
         "dataset": _dataset_description(dataset),
+        **_training_set_description(setup),
         "config": config_json,
         "history": history,
         "alive_units": _alive_units(config, setup, epoch, final_params),
