@@ -170,6 +170,8 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
         # budget's training (an 8b8s row: tens of minutes on the 2-core CPU).
         train = train.replace(finish_rounds=0)
         budget += ", without the preset's hinge finishing"
+    if train.pad_levels:
+        budget += f", trained on the grid padded by {train.pad_levels} levels per side"
     return train, budget
 
 

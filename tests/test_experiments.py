@@ -135,8 +135,9 @@ def test_quick_budget_caps_large_datasets_only():
     cut_8b8s, cut_budget = tables.row_config(table1.ROWS[3], quick)
     assert cut_8b8s.resolved_scenario().name == "8b8s" and cut_8b8s.epochs == 20
     assert cut_8b8s.finish_rounds == 0 and cut_budget.endswith(
-        "without the preset's hinge finishing"
+        "without the preset's hinge finishing, trained on the grid padded by 4 levels per side"
     )
+    assert cut_8b8s.pad_levels == preset_8b8s.pad_levels == 4
     full_8b8s, full_budget = tables.row_config(table1.ROWS[3], configs.table_preset("full"))
     assert full_8b8s.finish_rounds == preset_8b8s.finish_rounds
     assert "finishing" not in full_budget
