@@ -195,7 +195,7 @@ _8B8S_RECIPE: dict[str, Any] = {
     "refit_iterations": 60,
     "pad_levels": 4,
 }
-"""The 8b8s recipe, measured on the 2-core CPU (README, "Training recipe"). Since 2026-12-06
+"""The 8b8s recipe, measured on the 2-core CPU (README, "Training recipe"). Since 2026-12-05
 it trains on the grid padded by four virtual levels of the most significant input on each
 side (``pad_levels`` 4; not in the paper): with layers 2-7 and seed 0 the network was right
 on every input of the real grid after 250 epochs (43.8 min of training; item 19), where
