@@ -19,7 +19,15 @@ from optinc_jax import (
     train_onn,
 )
 
-SPECS = [(2, 1, 1), (2, 3, 1), (4, 2, 2), (4, 3, 1), (8, 2, 4), (8, 4, 2)]
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compilations():
+    """Every padded set is a static argument: drop this module's executables afterwards."""
+    yield
+    jax.clear_caches()
+
+
+SPECS = [(2, 3, 1), (4, 2, 2), (8, 2, 4)]
 
 
 def _all(dataset):
@@ -45,7 +53,7 @@ def _brute_force(bits, servers, inputs, pad):
 
 
 @pytest.mark.parametrize("bits, servers, inputs", SPECS)
-@pytest.mark.parametrize("pad", [0, 1, 3])
+@pytest.mark.parametrize("pad", [0, 3])
 def test_every_sample_matches_a_brute_force_enumeration(bits, servers, inputs, pad):
     padded = make_padded_grid(make_dataset_spec(bits, servers, inputs), pad)
     samples = _all(padded)
@@ -59,8 +67,8 @@ def test_every_sample_matches_a_brute_force_enumeration(bits, servers, inputs, p
     np.testing.assert_array_equal(np.asarray(samples.target_symbols), [row[2] for row in rows])
 
 
-@pytest.mark.parametrize("bits, servers, inputs", [*SPECS, (8, 8, 4), (16, 4, 4)])
-@pytest.mark.parametrize("pad", [0, 2])
+@pytest.mark.parametrize("bits, servers, inputs", [(4, 2, 2), (8, 8, 4), (16, 4, 4)])
+@pytest.mark.parametrize("pad", [2])
 def test_the_real_grid_is_one_index_range_in_the_grids_order(bits, servers, inputs, pad):
     grid = make_dataset_spec(bits, servers, inputs)
     padded = make_padded_grid(grid, pad)
@@ -74,7 +82,7 @@ def test_the_real_grid_is_one_index_range_in_the_grids_order(bits, servers, inpu
 
 
 @settings(max_examples=30, deadline=None)
-@given(pad=st.integers(1, 6), index=st.integers(0, 10**9))
+@given(pad=st.sampled_from([1, 4]), index=st.integers(0, 10**9))
 def test_virtual_inputs_continue_symbol_0_and_hold_the_others(pad, index):
     grid = make_dataset_spec(8, 8)
     padded = make_padded_grid(grid, pad)

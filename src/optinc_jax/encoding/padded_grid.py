@@ -63,7 +63,7 @@ class PaddedGrid:
         """``(start, stop)``: the indices of the real grid's samples, in the grid's order.
 
         Examples:
-            >>> padded = make_padded_grid(make_dataset_spec(2, 1, 2), 1)
+            >>> padded = make_padded_grid(make_dataset_spec(4, 1, 2), 1)
             >>> padded.grid_range(), padded.size
             ((4, 20), 24)
         """
