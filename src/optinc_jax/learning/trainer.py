@@ -528,12 +528,11 @@ def _train_locked(
         # The dataset's samples grouped by target, once per run that trains, for the
         # balanced draws and the balanced finishing (neither a reloaded run nor a finished
         # one returned above needs them).
-        classes = draw_classes = None
-        if config.finish_balance:
-            classes = target_classes(dataset)
+        classes = target_classes(dataset) if config.finish_balance else None
+        draw_classes = None
         if config.balance_fraction > 0:
-            same = setup.train_dataset is dataset and classes is not None
-            draw_classes = classes if same else target_classes(setup.train_dataset)
+            reuse = classes is not None and setup.train_dataset is dataset
+            draw_classes = classes if reuse else target_classes(setup.train_dataset)
 
         epoch, evaluation = start_epoch, None
         if config.focus_fraction > 0 and start_epoch > 0:
