@@ -197,10 +197,11 @@ _8B8S_RECIPE: dict[str, Any] = {
 }
 """The 8b8s recipe, measured on the 2-core CPU (README, "Training recipe"). Since 2026-12-05
 it trains on the grid padded by four virtual levels of the most significant input on each
-side (``pad_levels`` 4; not in the paper): with layers 2-7 the network was right on every
-input of the real grid after 250 epochs for seed 0 (43.8 min of training) and ended at
-247 wrong for seed 1 (49.1 min; item 19), where the same recipe on the grid alone had
-ended at 161 / 630 / 558 wrong for seeds 0 / 1 / 2.
+side (``pad_levels`` 4; not in the paper): through this preset, seed 0 reached 100 % of
+the real grid at epoch 246 on both rows (38.9 min of training without approximation,
+43.5 min with layers 2-7 and a side job; the same steps), and seed 1 ended at 247 wrong
+with layers 2-7 (49.1 min; item 19), where the same recipe on the grid alone had ended
+at 161 / 630 / 558 wrong for seeds 0 / 1 / 2.
 Before it: 99.78 % (854
 wrong) with layers 2-7 approximated and 97.30 % (10,548 wrong) without, after 250 epochs
 in 49 (probably with another job beside it) and 32 min, against 2,278 and 13,946 wrong
