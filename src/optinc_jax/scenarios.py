@@ -200,7 +200,7 @@ it trains on the grid padded by four virtual levels of the most significant inpu
 side (``pad_levels`` 4; not in the paper): through this preset, seed 0 reached 100 % of
 the real grid at epoch 246 on both rows (38.9 min of training without approximation,
 43.5 min with layers 2-7 and a side job; the same steps), seed 1 ended at 247 wrong
-with layers 2-7 (49.1 min) and seed 2 was at 99.60 % after 249 epochs (item 19), where
+with layers 2-7 (49.1 min) and seed 2 at 389 (56.9 min with a side job; item 19), where
 the same recipe on the grid alone had ended at 161 / 630 / 558 wrong for seeds 0 / 1 / 2.
 Before it: 99.78 % (854
 wrong) with layers 2-7 approximated and 97.30 % (10,548 wrong) without, after 250 epochs
