@@ -12,11 +12,11 @@ other symbol at its value at the nearest end of the range (the symbols of
 
 Why: the 8b8s networks trained on the grid fail on the wraps of symbol 0 near both ends
 of ``S`` (README, "Training recipe", items 8, 13, 17). With four virtual levels on each
-side, the preset's network was right on every input of the real grid after training for
-seed 0 and ended at 247 wrong for seed 1, against 161 and 630 on the grid alone (README
-item 19). Sample ``i`` of the padded set has the mixed-radix digits of
-``i`` (the last digit offset by ``-p``), as in the grid; the real grid's samples are the
-contiguous index range :meth:`PaddedGrid.grid_range`, in the grid's own order.
+side, the 8b8s preset's network was right on every input of the real grid for one seed
+of three (the numbers: ``optinc_jax.scenarios``, the 8b8s recipe; README item 19).
+Sample ``i`` of the padded set has the mixed-radix digits of ``i`` (the last digit offset
+by ``-p``), as in the grid; the real grid's samples are the contiguous index range
+:meth:`PaddedGrid.grid_range`, in the grid's own order.
 """
 
 import dataclasses

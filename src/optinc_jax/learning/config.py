@@ -167,9 +167,8 @@ class TrainConfig:
             (:class:`~optinc_jax.encoding.padded_grid.PaddedGrid`). The steps, the
             focused draws and their scoring use the padded set; the accuracy, the first
             100 %, the stop, the finishing and the refit judge the real grid alone. Not in
-            the paper (the grid alone); 0 (the default) pads nothing. On 8b8s four levels
-            took seed 0's network to 100 % and seed 1's to 247 wrong inputs, where the
-            grid alone had left 161 and 630 (README, "Training recipe", item 19).
+            the paper (the grid alone); 0 (the default) pads nothing. The 8b8s preset
+            pads four levels (measured there and in README, "Training recipe", item 19).
 
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
