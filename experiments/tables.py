@@ -149,7 +149,8 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
     else:
         budget = (
             f"{config.preset}: the scenario's preset (up to {train.epochs} epochs of one "
-            f"pass, focus {train.focus_fraction:g}, evaluated every epoch, stop at 100 %)"
+            f"pass, focus {train.focus_fraction:g}, evaluated every epoch, stop at 100 %"
+            + (f" with a margin of {train.stop_margin:g} symbol)" if train.stop_margin else ")")
         )
     if config.epochs is not None or config.steps_per_epoch is not None:
         epochs = config.epochs or train.epochs

@@ -54,9 +54,10 @@ def test_a_registered_scenario_carries_its_preset():
         TrainConfig.for_scenario(scenario)
 
 
-def test_stop_margin_needs_focus():
+def test_stop_margin_is_validated():
+    assert TrainConfig(stop_margin=0.1).stop_margin == 0.1  # uniform sampling too
     with pytest.raises(ValueError, match="stop_margin"):
-        TrainConfig(stop_margin=0.1)
+        TrainConfig(stop_margin=-0.1)
     with pytest.raises(ValueError, match="stop_margin"):
         TrainConfig(focus_fraction=0.25, stop_margin=0.7)
     with pytest.raises(ValueError, match="checkpoint_every"):

@@ -197,12 +197,28 @@ def test_data_parallel_training_matches_one_device(tmp_path):
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded = train_onn(config, tmp_path / "sharded", progress=False, mesh=mesh)
     assert sharded.record["devices"] == 8
+    # without focus or a stop margin a mesh run evaluates without the scoring pass
+    assert "scored_epoch" not in sharded.record["history"]
     chex.assert_trees_all_close(sharded.params, single.params, atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(
         sharded.record["history"]["loss"], single.record["history"]["loss"], rtol=1e-5
     )
     with pytest.raises(ValueError, match="divisible"):
         train_onn(config.replace(batch_size=12), tmp_path / "bad", progress=False, mesh=mesh)
+
+
+def test_stop_margin_without_focus_scores_every_evaluation_on_a_mesh(tmp_path):
+    from jax.sharding import Mesh
+
+    config = TINY.replace(epochs=3, stop_margin=0.1)
+    single = train_onn(config, tmp_path / "single", progress=False)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharded = train_onn(config, tmp_path / "sharded", progress=False, mesh=mesh)
+    for result in (single, sharded):
+        assert result.record["history"]["scored_epoch"] == [1, 2]  # the last: full evaluation
+    np.testing.assert_allclose(
+        sharded.record["history"]["min_margin"], single.record["history"]["min_margin"], atol=1e-4
+    )
 
 
 def test_projection_schedule():

@@ -117,10 +117,10 @@ class TrainConfig:
             sampling); 0 (the default) never.
         focus_margin: the decision margin, in symbol units, below which an input counts
             as hard; in ``(0, 0.5]``.
-        stop_margin: with focus on, stop only at an evaluation that is 100 % *and* whose
-            smallest decision margin (symbol units) is at least this, in ``[0, 0.5]``;
+        stop_margin: stop only at an evaluation that is 100 % *and* whose smallest
+            decision margin (symbol units) is at least this, in ``[0, 0.5]``;
             ``first_full_accuracy`` still records the first 100 %. 0 stops at the first
-            100 %, as without focus.
+            100 %. Not in the paper (it stops at its epoch count).
         symbol_tolerance: dead zone of the per-symbol loss term, in symbol units, in
             ``[0, 0.5)``: outputs within it of their symbol cost nothing
             (:func:`~optinc_jax.learning.loss.weighted_symbol_mse`). Differs from the
@@ -325,11 +325,6 @@ class TrainConfig:
                 f"refit_iterations={self.refit_iterations} re-solves weight matrix "
                 f"{last_matrix}, which approx {list(self.approx_layers())} keeps diagonal x "
                 "unitary; refit only a run whose last matrix is free"
-            )
-        if self.stop_margin > 0 and self.focus_fraction == 0:
-            raise ValueError(
-                f"stop_margin ({self.stop_margin}) needs focus_fraction > 0 (the margin is "
-                "measured by the focus pass)"
             )
         if self.focus_fraction > 0 and self.checkpoint_every % self.eval_every:
             # The hard set is rescored at every evaluation and rebuilt from the checkpoint

@@ -578,7 +578,8 @@ def _train_locked(
                 state = _refit_at_end(config, setup, epoch, state, history, mesh)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 margin = 0.0
-                if (mesh is None or config.focus_fraction > 0) and epoch < config.epochs:
+                scoring = mesh is None or config.focus_fraction > 0 or config.stop_margin > 0
+                if scoring and epoch < config.epochs:
                     # One pass scores every input (the focused draw's hard set) and counts
                     # the right ones exactly; the error histogram is evaluated at the end
                     # (the last epoch's evaluation is that full one).
