@@ -364,6 +364,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "preset's, else --symbol-tolerance].",
 )
 @click.option(
+    "--stop-margin",
+    type=float,
+    help="Stop only at a projected 100 % whose smallest decision margin is at least this, "
+    "in symbol units, in [0, 0.5] (0: at the first 100 %; not in the paper) [default: the "
+    "preset's, else 0].",
+)
+@click.option(
     "--condition-until",
     type=click.IntRange(min=0),
     help="Project the matrices the scenario approximates through this epoch even when "
@@ -458,6 +465,7 @@ def train_command(
     warmup_fraction: float | None,
     symbol_tolerance: float | None,
     stage2_tolerance: float | None,
+    stop_margin: float | None,
     condition_until: int | None,
     revive_until: int | None,
     leak_start: float | None,
@@ -500,6 +508,7 @@ def train_command(
         "warmup_fraction": warmup_fraction,
         "symbol_tolerance": symbol_tolerance,
         "stage2_tolerance": stage2_tolerance,
+        "stop_margin": stop_margin,
         "condition_until": condition_until,
         "revive_until": revive_until,
         "leak_start": leak_start,
