@@ -230,8 +230,8 @@ TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's uniform sampling on a shorter schedule (100 epochs, 5 % warm-up, stage 2
     # from 45) with a dead zone of 0.3 symbol in loss stage 2 (differs from the paper's
     # plain MSE), stopping at a 100 % whose margin is 0.05 symbol or more (not in the
-    # paper): first projected 100 % at epoch 61 / 64 / 64 for seeds 0 / 1 / 2 and 54-80 for
-    # seeds 3-8, against 83 / 83 / 86 for the 130-epoch defaults with the dead zone
+    # paper): first projected 100 % at epoch 61 / 64 / 64 for seeds 0 / 1 / 2 and 49-80 for
+    # seeds 3-14, against 83 / 83 / 86 for the 130-epoch defaults with the dead zone
     # (2026-12-06; README, "Training recipe", item 4).
     "8b4s": {
         "epochs": 100,
