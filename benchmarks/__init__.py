@@ -21,8 +21,11 @@ They use the package's public functions only.
 """
 
 import os
+import platform
+from pathlib import Path
+from typing import Any
 
-__all__ = ["force_host_devices"]
+__all__ = ["cpu_model", "force_host_devices", "machine_environment"]
 
 
 def force_host_devices(count: int) -> None:
@@ -33,3 +36,40 @@ def force_host_devices(count: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name from ``cpuinfo`` (Linux), else ``platform.processor()``.
+
+    ``None`` when neither names it.
+    """
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_environment() -> dict[str, Any]:
+    """What a timing depends on besides the code: JAX, the devices, the CPU and its load.
+
+    Every benchmark's JSON records it, so a ratio measured on one machine is read beside
+    the machine it came from (the same seed can train differently on another CPU).
+    Imports JAX: call it after :func:`force_host_devices`.
+    """
+    import jax
+
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "device_count": jax.device_count(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "platform": platform.platform(),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+    }

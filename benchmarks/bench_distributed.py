@@ -29,7 +29,7 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from benchmarks import force_host_devices
+from benchmarks import force_host_devices, machine_environment
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +45,6 @@ def _parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":  # before JAX is imported, so the device count takes effect
     force_host_devices(_parse_args(sys.argv[1:]).servers)
 
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -211,12 +210,8 @@ def run(
         "repeats": repeats,
         "rows": rows,
         "environment": {
-            "jax": jax.__version__,
-            "device": str(devices[0]),
+            **machine_environment(),
             "devices": servers,
-            "cpu_count": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0],
-            "platform": platform.platform(),
             "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
         },
     }

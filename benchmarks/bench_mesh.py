@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import importlib.metadata
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import machine_environment
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.photonics.decompose import decompose_clements
 from optinc_jax.photonics.mesh import (
@@ -378,16 +378,11 @@ def main() -> None:
             "repeats": repeats,
             "quick": args.quick,
             "environment": {
-                "jax": jax.__version__,
                 "numpy": np.__version__,
                 "interferometer": importlib.metadata.version("interferometer")
                 if interferometer is not None
                 else None,
-                "device": str(jax.devices()[0]),
-                "cpu_count": os.cpu_count(),
-                "load_average_1min": os.getloadavg()[0],
-                "platform": platform.platform(),
-                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+                **machine_environment(),
             },
         }
         path = args.out / "bench_mesh.json"

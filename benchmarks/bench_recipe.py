@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from benchmarks import machine_environment
 from optinc_jax import (
     TrainConfig,
     find_hard_samples,
@@ -262,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
     except ValueError:
         parser.error(f"--batch-sizes must be 'preset' or integers, got {args.batch_sizes!r}")
-    report: dict[str, Any] = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
+    report: dict[str, Any] = {
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "environment": machine_environment(),
+    }
     if not args.skip_demo:
         configs = {
             "uniform, TrainConfig() (baseline)": TrainConfig(),

@@ -24,7 +24,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import itertools
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks import machine_environment
 from optinc_jax.learning.deployment import (
     load_circuit_or_deploy,
     robustness_sweep,
@@ -134,11 +134,8 @@ def main() -> None:
     document = {
         "benchmark": "noisy exhaustive evaluations per second, vmapped vs Python loop",
         "circuit": source,
-        "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "jax": jax.__version__,
+        "environment": machine_environment(),
         "rows": rows,
     }
     path = write_json_atomically(args.out / "bench_robustness.json", document)

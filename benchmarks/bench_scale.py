@@ -45,6 +45,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from benchmarks import machine_environment
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig, projection_due
 from optinc_jax.learning.evaluate import evaluate_exhaustive
@@ -164,7 +165,8 @@ def eval_memory(scenario: str | Scenario, small_servers: int, chunk_size: int) -
         output = subprocess.run(
             [
                 sys.executable,
-                __file__,
+                "-m",
+                "benchmarks.bench_scale",
                 "--memory-child",
                 scenario.layers_string,
                 str(scenario.bits),
@@ -174,6 +176,7 @@ def eval_memory(scenario: str | Scenario, small_servers: int, chunk_size: int) -
             check=True,
             capture_output=True,
             text=True,
+            cwd=Path(__file__).resolve().parents[1],  # the repository root: `benchmarks` imports
         ).stdout
         runs[label] = {"servers": servers, **json.loads(output.strip().splitlines()[-1])}
     small, full = runs["small"]["rss_after_mib"], runs["full"]["rss_after_mib"]
@@ -218,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0]),
         "device_count": jax.device_count(),
+        "environment": machine_environment(),
         "quick": args.quick,
         "eval_scaling": {
             "scenario": eval_scenario,

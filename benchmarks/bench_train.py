@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from benchmarks import machine_environment
 from optinc_jax.encoding.dataset import make_dataset_spec
 from optinc_jax.learning.config import TrainConfig
 from optinc_jax.learning.evaluate import evaluate_exhaustive
@@ -88,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunks", default="4096,16384,65536,262144")
     args = parser.parse_args(argv)
 
-    report: dict = {"device": str(jax.devices()[0]), "backend": jax.default_backend()}
+    report: dict = {
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "environment": machine_environment(),
+    }
     if not args.skip_train:
         with tempfile.TemporaryDirectory() as workdir:
             result = train_onn(TrainConfig(scenario="8b4s"), workdir, progress=True)
