@@ -199,32 +199,32 @@ _8B8S_RECIPE: dict[str, Any] = {
 trains on the grid padded by four virtual levels of the most significant input on each side
 (``pad_levels`` 4; not in the paper): through this preset, seed 0 reached 100 % of the real
 grid at epoch 246 on both rows (38.9 min of training without approximation, 43.5 min with
-layers 2-7 and a side job; the same steps), seed 1 ended at 247 wrong with layers 2-7 (49.1
-min; 44 with ``pad_levels`` 6, one run) and seed 2 at 389 (56.9 min with a side job; item
-19), where the same recipe on the grid alone had ended at 161 / 630 / 558 wrong for seeds 0
-/ 1 / 2. Before it: 99.78 % (854 wrong) with layers 2-7 approximated and 97.30 % (10,548
-wrong) without, after 250 epochs in 49 (probably with another job beside it) and 32 min,
-against 2,278 and 13,946 wrong for the earlier 180-epoch batch-128 recipe in 49 and 48 min;
-not 100 % yet. Symbol weights halving with significance (``symbol_weight_base`` 0.5; the
-paper doubles them) gave 389 wrong with approximation but 16,764 without; since the row
-without approximation is conditioned (below) it trains as the approximated row, so the
-preset halves them: fresh runs of this preset (2026-12-05) ended at 161 wrong with layers
-2-7 (389 after 250 epochs, 279 after the finishing; 99.9588 %, 34.5 min) and 169 without
-(99.9567 %; from the same epoch-240 checkpoint, the finishing with free matrices), against
-524 and 522 with uniform weights. The last-layer refit (not in the paper; both rows leave
-the last matrix free) then re-solves the output matrix: a fresh run of this preset with
-layers 2-7 ended at 1,010 wrong and 731 after the refit (19 s); on stored runs 978 -> 825
-wrong (400 epochs, layers 2-7) and 10,548 -> 10,453 (none, this recipe)
-(``experiments.refit_runs``). Before the refit, 40 rounds of the hinge finishing (not in the
-paper) train every matrix on the exact whole-grid gradient of the receiver hinge: on the
-stored final networks of layers 2-7 it took 731 -> 532 (514 after the refit, against 731)
-and 389 -> 279 (161, against 215), 6-8 minutes each with other jobs beside them. The row
-without approximation is conditioned through the last epoch (``condition_until`` 250, not in
-the paper): it trains as the approximated row, bit for bit, and the finishing then trains
-its matrices freely: a fresh run ended at 522 wrong (1,010 before the finishing, 99.8664 %,
-34.3 min), against 10,453 for this recipe unconditioned (the approximated row ended lower on
-every recipe measured). A run given more epochs keeps ``condition_until`` at 250 unless told
-otherwise."""
+layers 2-7 and a side job; the same steps) on one CPU, but ended at 22 wrong with layers 2-7 on
+another (56.9 min; XLA's float rounding differs between CPUs), seed 1 ended at 247 wrong with
+layers 2-7 (49.1 min; 44 with ``pad_levels`` 6, one run) and seed 2 at 389 (56.9 min with a
+side job; item 19), where the same recipe on the grid alone had ended at 161 / 630 / 558 wrong
+for seeds 0 / 1 / 2. Before it: 99.78 % (854 wrong) with layers 2-7 approximated and 97.30 %
+(10,548 wrong) without, after 250 epochs in 49 (probably with another job beside it) and 32
+min, against 2,278 and 13,946 wrong for the earlier 180-epoch batch-128 recipe in 49 and 48
+min; not 100 % yet. Symbol weights halving with significance (``symbol_weight_base`` 0.5; the
+paper doubles them) gave 389 wrong with approximation but 16,764 without; since the row without
+approximation is conditioned (below) it trains as the approximated row, so the preset halves
+them: fresh runs of this preset (2026-12-05) ended at 161 wrong with layers 2-7 (389 after 250
+epochs, 279 after the finishing; 99.9588 %, 34.5 min) and 169 without (99.9567 %; from the same
+epoch-240 checkpoint, the finishing with free matrices), against 524 and 522 with uniform
+weights. The last-layer refit (not in the paper; both rows leave the last matrix free) then
+re-solves the output matrix: a fresh run of this preset with layers 2-7 ended at 1,010 wrong
+and 731 after the refit (19 s); on stored runs 978 -> 825 wrong (400 epochs, layers 2-7) and
+10,548 -> 10,453 (none, this recipe) (``experiments.refit_runs``). Before the refit, 40 rounds
+of the hinge finishing (not in the paper) train every matrix on the exact whole-grid gradient
+of the receiver hinge: on the stored final networks of layers 2-7 it took 731 -> 532 (514 after
+the refit, against 731) and 389 -> 279 (161, against 215), 6-8 minutes each with other jobs
+beside them. The row without approximation is conditioned through the last epoch
+(``condition_until`` 250, not in the paper): it trains as the approximated row, bit for bit,
+and the finishing then trains its matrices freely: a fresh run ended at 522 wrong (1,010 before
+the finishing, 99.8664 %, 34.3 min), against 10,453 for this recipe unconditioned (the
+approximated row ended lower on every recipe measured). A run given more epochs keeps
+``condition_until`` at 250 unless told otherwise."""
 
 TRAINING_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's uniform sampling on a shorter schedule (100 epochs, 5 % warm-up, stage 2
