@@ -118,7 +118,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         *("--warmup", "0.1", "--symbol-tolerance", "0.2", "--stage2-tolerance", "0.3"),
         *("--condition-until", "1", "--revive-until", "2", "--balance", "0.25"),
         *("--leak-start", "0.2", "--leak-until", "2", "--bias-learning-rate-scale", "0.1"),
-        *("--stop-margin", "0.05"),
+        *("--stop-margin", "0.05", "--approx-side", "right"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
@@ -129,6 +129,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     assert config["revive_until"] == 2 and config["balance_fraction"] == 0.25
     assert config["leak_start"] == 0.2 and config["leak_until"] == 2
     assert config["bias_learning_rate_scale"] == 0.1 and config["stop_margin"] == 0.05
+    assert config["approx_side"] == "right"
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
         ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
@@ -140,6 +141,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         ("--bias-learning-rate-scale", "0", "bias_learning_rate_scale"),
         ("--balance", "1.0", "balance"),
         ("--stop-margin", "0.6", "stop_margin"),
+        ("--approx-side", "up", "approx-side"),
     ]:
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output

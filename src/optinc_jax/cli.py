@@ -371,6 +371,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "preset's, else 0].",
 )
 @click.option(
+    "--approx-side",
+    type=click.Choice(["left", "right"]),
+    help="Approximated blocks as diag(d) U ('left', the paper's) or U diag(d) ('right', "
+    "the diagonal on the input side; the same MZIs) [default: the preset's, else left].",
+)
+@click.option(
     "--condition-until",
     type=click.IntRange(min=0),
     help="Project the matrices the scenario approximates through this epoch even when "
@@ -466,6 +472,7 @@ def train_command(
     symbol_tolerance: float | None,
     stage2_tolerance: float | None,
     stop_margin: float | None,
+    approx_side: str | None,
     condition_until: int | None,
     revive_until: int | None,
     leak_start: float | None,
@@ -509,6 +516,7 @@ def train_command(
         "symbol_tolerance": symbol_tolerance,
         "stage2_tolerance": stage2_tolerance,
         "stop_margin": stop_margin,
+        "approx_side": approx_side,
         "condition_until": condition_until,
         "revive_until": revive_until,
         "leak_start": leak_start,

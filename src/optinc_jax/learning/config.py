@@ -90,7 +90,9 @@ class TrainConfig:
             (:func:`~optinc_jax.learning.revival.revive_dead_units`, ReDo; not in the
             paper); 0 (the default) never. Each revival's counts go to
             ``history["revived_units"]``.
-        approx_side: ``"left"`` (``diag(d) U``) or ``"right"`` (``U diag(d)``).
+        approx_side: ``"left"`` (``diag(d) U``, the paper's) or ``"right"`` (``U diag(d)``,
+            the diagonal on the input side, the same MZIs; the 8b4s preset's, where it
+            reached 100 % sooner: README, "Training recipe").
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
         eval_chunk_size: samples per evaluation chunk (``None``: the backend's default,
