@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 1
+# pytest worker processes (pytest-xdist): XLA compiles on one thread, so two workers keep
+# both cores of the CI machine busy; each test file stays in one worker (its fixtures).
+# TEST_WORKERS=0 runs the suite in this process. The slow checks run one at a time.
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: venv demo test test-slow test-all lint bench clean
 
@@ -22,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments conftest.py
 	$(VENV)/bin/ruff format --check src tests benchmarks experiments conftest.py
-	$(VENV)/bin/python -m pytest -q
+	$(PYTEST)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
