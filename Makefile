@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 1
-# pytest worker processes (pytest-xdist): XLA compiles on one thread, so two workers keep
-# both cores of the CI machine busy; each test file stays in one worker (its fixtures).
+# pytest worker processes (pytest-xdist): one process left a core of the 2-core CPU idle much
+# of the time (README, "Testing"); each test file stays in one worker (its fixtures).
 # TEST_WORKERS=0 runs the suite in this process. The slow checks run one at a time.
 TEST_WORKERS ?= 2
 PYTEST := $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
