@@ -119,6 +119,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         *("--condition-until", "1", "--revive-until", "2", "--balance", "0.25"),
         *("--leak-start", "0.2", "--leak-until", "2", "--bias-learning-rate-scale", "0.1"),
         *("--stop-margin", "0.05", "--approx-side", "right"),
+        *("--adam-eps", "1e-5", "--stage2-learning-rate-scale", "0.5"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
@@ -130,6 +131,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     assert config["leak_start"] == 0.2 and config["leak_until"] == 2
     assert config["bias_learning_rate_scale"] == 0.1 and config["stop_margin"] == 0.05
     assert config["approx_side"] == "right"
+    assert config["adam_eps"] == 1e-5 and config["stage2_learning_rate_scale"] == 0.5
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
         ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
@@ -142,6 +144,8 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         ("--balance", "1.0", "balance"),
         ("--stop-margin", "0.6", "stop_margin"),
         ("--approx-side", "up", "approx-side"),
+        ("--adam-eps", "0", "adam_eps"),
+        ("--stage2-learning-rate-scale", "-1", "stage2_learning_rate_scale"),
     ]:
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output

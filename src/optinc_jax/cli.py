@@ -408,6 +408,18 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "single learning rate) [default: the preset's, else 1].",
 )
 @click.option(
+    "--adam-eps",
+    type=float,
+    help="Adam's epsilon, > 0 (optax's 1e-8 unless a preset sets it) "
+    "[default: the preset's, else 1e-8].",
+)
+@click.option(
+    "--stage2-learning-rate-scale",
+    type=float,
+    help="Multiply the learning rate by this in loss stage 2, > 0 (1: one schedule, the "
+    "paper's) [default: the preset's, else 1].",
+)
+@click.option(
     "--pad-levels",
     type=click.IntRange(min=0),
     help="Train on the grid padded with this many virtual levels of the most significant "
@@ -478,6 +490,8 @@ def train_command(
     leak_start: float | None,
     leak_until: int | None,
     bias_learning_rate_scale: float | None,
+    adam_eps: float | None,
+    stage2_learning_rate_scale: float | None,
     pad_levels: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
@@ -522,6 +536,8 @@ def train_command(
         "leak_start": leak_start,
         "leak_until": leak_until,
         "bias_learning_rate_scale": bias_learning_rate_scale,
+        "adam_eps": adam_eps,
+        "stage2_learning_rate_scale": stage2_learning_rate_scale,
         "pad_levels": pad_levels,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,

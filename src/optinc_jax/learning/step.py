@@ -98,7 +98,7 @@ def train_epoch(
     Returns:
         ``(new_state, mean_loss)``.
     """
-    tx = make_optimizer(config, config.epochs * steps)
+    tx = make_optimizer(config, config.epochs * steps, stage=stage)
     indices = draw_epoch_indices(
         key,
         size=dataset.size,
