@@ -177,15 +177,7 @@ def test_adams_first_step_is_the_learning_rate_times_g_over_abs_g_plus_eps(eps):
     lr0 = float(learning_rate_schedule(config, 100)(0))
     g = np.asarray(grads["w"], dtype=np.float64)
     np.testing.assert_allclose(update, -lr0 * g / (np.abs(g) + eps), rtol=1e-5)
-    # the default is optax's Adam, so runs without the option compute what they did before
-    default = make_optimizer(TrainConfig(learning_rate=1e-2), 100)
-    adam = optax.adam(optax.cosine_onecycle_schedule(100, 1e-2, pct_start=0.2))
-    params = _params()
-    grads = _grads(params)
-    chex.assert_trees_all_equal(
-        default.update(grads, default.init(params), params)[0],
-        adam.update(grads, adam.init(params), params)[0],
-    )
+    # that the default is optax's Adam bit for bit is checked beside the biases' scale above
 
 
 def test_adam_eps_and_stage2_scale_validation_and_records():
