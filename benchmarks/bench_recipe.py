@@ -3,10 +3,12 @@
 1. ``demo``: the 8b4s demo (every matrix approximated) trained with the paper's uniform
    sampling on the default schedule (``TrainConfig()``, the demo: the baseline) and with
    a candidate recipe (``--candidate``, TrainConfig fields as JSON; default the 8b4s
-   preset, what ``make demo`` trains), each with seeds 0 and 1, alternating, in one run.
-   Reports the epoch and training seconds of the first projected 100 %
-   (``first_full_accuracy``), the smallest decision margin where each run stopped, and
-   the ratio of the median times.
+   preset, what ``make demo`` trains), each with seeds 0 and 1, alternating, in one run,
+   every run in a fresh Python process as ``make demo`` (``--same-process``: in this one,
+   sharing compiled programs); ``--revision REV`` adds ``make demo`` as commit REV trained
+   it (its ``optinc train`` from a git worktree). Reports the epoch and training seconds of
+   the first projected 100 % (``first_full_accuracy``), the smallest decision margin where
+   each run stopped, and the ratios of the median times.
 2. ``scaling``: for every Table I scenario, the cost of an epoch's parts measured on this
    machine (optimizer steps at the preset's batch size, or each of ``--batch-sizes``, the
    scoring pass per sample, one projection of the approximated matrices) and the epoch
@@ -16,8 +18,8 @@
 Usage, from the repository root::
 
     python -m benchmarks.bench_recipe [--out DIR] [--seeds 0,1] [--candidate JSON]
-        [--skip-demo] [--skip-scaling] [--scenarios 8b4s,8b8s,8b16s,16b4s]
-        [--batch-sizes preset,1024]
+        [--revision REV] [--same-process] [--skip-demo] [--skip-scaling]
+        [--scenarios 8b4s,8b8s,8b16s,16b4s] [--batch-sizes preset,1024]
 
 Writes ``OUT/bench_recipe.json`` and ``OUT/bench_recipe.png``.
 """
@@ -27,9 +29,12 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,13 +49,15 @@ from optinc_jax import (
     find_hard_samples,
     get_scenario,
     projection_diag_unitary,
+    register_scenario,
+    scenario_from_json,
     train_onn,
 )
 from optinc_jax.learning.reporting import write_json_atomically
 from optinc_jax.learning.step import train_epoch
 from optinc_jax.learning.trainer import build_training
 
-__all__ = ["SubsetDataset", "epoch_cost", "main", "time_to_full_accuracy"]
+__all__ = ["Revision", "SubsetDataset", "epoch_cost", "main", "time_to_full_accuracy"]
 
 STEP_COUNTS = (20, 120)
 """Optimizer steps of the two timed calls per scenario: their difference gives the cost of
@@ -76,42 +83,178 @@ class SubsetDataset(NamedTuple):
         return self.base.samples(indices)
 
 
-def time_to_full_accuracy(configs: dict[str, TrainConfig], seeds: Sequence[int]) -> list[dict]:
+class Revision(NamedTuple):
+    """``make demo`` as an earlier commit trained it.
+
+    That commit's ``optinc train`` (its default config and code), run from a git worktree
+    of this repository.
+    """
+
+    rev: str
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+"""The repository the benchmark belongs to (the children run from it)."""
+
+
+def _row(label: str, seed: int, record: dict) -> dict:
+    """One run's row from its ``result.json`` record (this version's or an older one's).
+
+    Records written before ``first_full_accuracy`` existed stopped at their first 100 %:
+    that epoch and ``train_seconds`` are then the first 100 %, read from the history.
+    """
+    history = record["history"]
+    first = record.get("first_full_accuracy")
+    if "first_full_accuracy" not in record:
+        full = [
+            e for e, a in zip(history["eval_epoch"], history["accuracy"], strict=True) if a == 1.0
+        ]
+        stopped_there = full and full[0] == record["epochs"]
+        first = (
+            {"epoch": full[0], "train_seconds": record["train_seconds"]} if stopped_there else None
+        )
+    margins = history.get("min_margin")
+    return {
+        "label": label,
+        "seed": seed,
+        "first_full_accuracy": first,
+        "epochs": record["epochs"],
+        "accuracy": record["accuracy"],
+        "train_seconds": record["train_seconds"],
+        "stop_margin": margins[-1] if margins else None,
+    }
+
+
+def _run_child(command: list[str], env: dict | None = None) -> str:
+    """Runs ``command`` (a child Python) from the repository; its stdout."""
+    done = subprocess.run(
+        command, cwd=REPOSITORY, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(
+            f"{' '.join(command[:4])} ... exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
+    return done.stdout
+
+
+def _train_in_child(config: TrainConfig, seed: int) -> dict:
+    """``result.json`` of ``config`` with ``seed``, trained by a fresh Python process.
+
+    What ``make demo`` pays: every compilation, none shared with another run.
+    """
+    job = {
+        "config": config.replace(seed=seed).to_json(),
+        "scenario": config.resolved_scenario().to_json(),
+    }
+    command = [sys.executable, "-m", "benchmarks.bench_recipe", "--one-run", json.dumps(job)]
+    return json.loads(_run_child(command).strip().splitlines()[-1])
+
+
+def _one_run(job_json: str) -> None:
+    """The child of :func:`_train_in_child`: trains the job, prints its record as JSON."""
+    job = json.loads(job_json)
+    scenario = scenario_from_json(job["scenario"])
+    try:
+        known = get_scenario(scenario.name) == scenario
+    except ValueError:
+        known = False
+    if not known:
+        register_scenario(scenario, overwrite=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        result = train_onn(TrainConfig.from_json(job["config"]), workdir, progress=False)
+    print(json.dumps(result.record))
+
+
+def _revision_in_child(worktree: Path, seed: int) -> dict:
+    """``result.json`` of ``make demo``'s command (``optinc train``) at a worktree's commit.
+
+    Run with ``seed`` in a fresh Python process that imports that commit's package.
+    """
+    code = (
+        "import sys, optinc_jax; "
+        "assert optinc_jax.__file__.startswith(sys.argv[1]), optinc_jax.__file__; "
+        "from optinc_jax.cli import main; sys.argv[1:2] = []; main()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(worktree / "src")}
+    with tempfile.TemporaryDirectory() as workdir:
+        command = [sys.executable, "-c", code, str(worktree / "src"), "train"]
+        command += ["--out", str(Path(workdir) / "demo"), "--seed", str(seed), "--quiet"]
+        _run_child(command, env)
+        return json.loads((Path(workdir) / "demo" / "result.json").read_text())
+
+
+def time_to_full_accuracy(
+    configs: dict[str, "TrainConfig | Revision"],
+    seeds: Sequence[int],
+    *,
+    fresh_process: bool = True,
+) -> list[dict]:
     """Trains every config with every seed (alternating) and records the first 100 %.
 
     Args:
-        configs: ``{label: config}``; each is run with ``seed`` replaced.
+        configs: ``{label: config}``; each is run with ``seed`` replaced. A
+            :class:`Revision` runs that commit's ``optinc train --seed S`` (its default
+            config) from a temporary git worktree, always in a child process.
         seeds: the seeds.
+        fresh_process: train every config in a child Python process, as ``make demo``
+            does (no compilation shared between runs); ``False``: in this process (every
+            run after the first reuses the programs the earlier ones compiled).
 
     Returns:
         One dict per run: ``label, seed, first_full_accuracy, epochs, accuracy,
-        train_seconds, stop_margin`` (the smallest decision margin at the last evaluation).
+        train_seconds, stop_margin`` (the smallest decision margin at the last evaluation;
+        ``None`` for a revision that did not record it).
     """
     rows = []
-    for seed, (label, config) in itertools.product(seeds, configs.items()):
-        with tempfile.TemporaryDirectory() as workdir:
-            result = train_onn(config.replace(seed=seed), workdir, progress=False)
-        history = result.record["history"]
-        rows.append(
-            {
-                "label": label,
-                "seed": seed,
-                "first_full_accuracy": result.record["first_full_accuracy"],
-                "epochs": result.epochs,
-                "accuracy": result.evaluation.accuracy,
-                "train_seconds": result.record["train_seconds"],
-                "stop_margin": history["min_margin"][-1],
-            }
-        )
-        first = rows[-1]["first_full_accuracy"]
-        print(
-            f"{label}, seed {seed}: "
-            + (f"100 % at epoch {first['epoch']}, {first['train_seconds']:.1f} s" if first else "")
-            + f" (final {100 * result.evaluation.accuracy:.4f} %, margin "
-            f"{rows[-1]['stop_margin']:.3f})",
-            flush=True,
-        )
+    with contextlib.ExitStack() as stack:
+        worktrees = {
+            label: stack.enter_context(_worktree(config.rev))
+            for label, config in configs.items()
+            if isinstance(config, Revision)
+        }
+        for seed, (label, config) in itertools.product(seeds, configs.items()):
+            if isinstance(config, Revision):
+                record = _revision_in_child(worktrees[label], seed)
+            elif fresh_process:
+                record = _train_in_child(config, seed)
+            else:
+                with tempfile.TemporaryDirectory() as workdir:
+                    record = train_onn(config.replace(seed=seed), workdir, progress=False).record
+            rows.append(_row(label, seed, record))
+            first, margin = rows[-1]["first_full_accuracy"], rows[-1]["stop_margin"]
+            print(
+                f"{label}, seed {seed}: "
+                + (
+                    f"100 % at epoch {first['epoch']}, {first['train_seconds']:.1f} s"
+                    if first
+                    else ""
+                )
+                + f" (final {100 * rows[-1]['accuracy']:.4f} %"
+                + ("" if margin is None else f", margin {margin:.3f}")
+                + ")",
+                flush=True,
+            )
     return rows
+
+
+@contextlib.contextmanager
+def _worktree(rev: str):
+    """A temporary detached git worktree of this repository at ``rev`` (removed after)."""
+    with tempfile.TemporaryDirectory() as parent:
+        path = Path(parent) / "worktree"
+        subprocess.run(
+            ["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(path), rev],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield path
+        finally:
+            subprocess.run(
+                ["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(path)],
+                check=False,
+                capture_output=True,
+            )
 
 
 def _best_time(function, repeats: int = 3) -> float:
@@ -248,6 +391,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="TrainConfig fields of the candidate recipe, as JSON [default: the 8b4s "
         "preset, what make demo trains]",
     )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="also time make demo as this git commit trained it (its optinc train, its "
+        "default config), e.g. the commit before a change",
+    )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="train every config in this process (later runs reuse compiled programs) "
+        "instead of one fresh process per run, as make demo",
+    )
+    parser.add_argument("--one-run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--scenarios", default="8b4s,8b8s,8b16s,16b4s")
@@ -257,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="comma-separated batch sizes of the scaling part; 'preset': the scenario's",
     )
     args = parser.parse_args(argv)
+    if args.one_run is not None:
+        _one_run(args.one_run)
+        return
     try:
         batch_sizes = [
             None if size == "preset" else int(size) for size in args.batch_sizes.split(",")
@@ -277,7 +436,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 else {f"candidate {args.candidate}": TrainConfig(**json.loads(args.candidate))}
             ),
         }
-        rows = time_to_full_accuracy(configs, [int(s) for s in args.seeds.split(",")])
+        if args.revision is not None:
+            configs[f"make demo at {args.revision}"] = Revision(args.revision)
+        rows = time_to_full_accuracy(
+            configs, [int(s) for s in args.seeds.split(",")], fresh_process=not args.same_process
+        )
         medians = {}
         for label in configs:
             times = [
@@ -286,14 +449,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if r["label"] == label
             ]
             medians[label] = None if None in times else statistics.median(times)
-        baseline, candidate = medians.values()
+        baseline, candidate, *revision = medians.values()
         report["demo"] = {
+            "fresh_process": not args.same_process,
             "runs": rows,
             "median_seconds": medians,
             # None when a run of either recipe never reached 100 %
             "time_ratio": candidate / baseline if baseline and candidate else None,
         }
         print(f"time to 100 %, candidate / baseline: {report['demo']['time_ratio']}")
+        if revision:
+            old = revision[0]
+            report["demo"]["revision"] = args.revision
+            report["demo"]["time_ratio_to_revision"] = (
+                candidate / old if old and candidate else None
+            )
+            ratio = report["demo"]["time_ratio_to_revision"]
+            print(f"time to 100 %, candidate / {args.revision}: {ratio}")
     if not args.skip_scaling:
         report["scaling"] = []
         for name in args.scenarios.split(","):

@@ -36,9 +36,24 @@ def test_time_to_full_accuracy_records_every_run():
         "a": TrainConfig.for_scenario("tiny-recipe"),
         "b": TrainConfig.for_scenario("tiny-recipe", focus_fraction=0.0),
     }
-    rows = bench_recipe.time_to_full_accuracy(configs, [0, 1])
+    rows = bench_recipe.time_to_full_accuracy(configs, [0, 1])  # a fresh process per run
     assert [(r["label"], r["seed"]) for r in rows] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     for row in rows:
         assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
         # the recorded first 100 % is consistent with the final accuracy
         assert (row["first_full_accuracy"] is not None) >= (row["accuracy"] == 1.0)
+    # the children (which register the scenario from its JSON) train what this process does
+    here = bench_recipe.time_to_full_accuracy(configs, [0, 1], fresh_process=False)
+    for child, same in zip(rows, here, strict=True):
+        assert (child["accuracy"], child["stop_margin"]) == (same["accuracy"], same["stop_margin"])
+
+
+@pytest.mark.slow
+def test_a_revision_runs_that_commits_demo():
+    # f620372: make demo before the recipe work; its records lack first_full_accuracy and
+    # its runs stopped at the first 100 %, which the row reads from the history.
+    (row,) = bench_recipe.time_to_full_accuracy({"old": bench_recipe.Revision("f620372")}, [0])
+    assert row["label"] == "old" and row["stop_margin"] is None and row["accuracy"] == 1.0
+    first = row["first_full_accuracy"]
+    assert first == {"epoch": row["epochs"], "train_seconds": row["train_seconds"]}
+    assert 50 <= row["epochs"] <= 130  # its TrainConfig(): 130 epochs, stage 2 from 80

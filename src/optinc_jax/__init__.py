@@ -111,6 +111,7 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "learning.config",
     "HardSet": "learning.focus",
     "draw_epoch_indices": "learning.focus",
+    "compile_hard_samples": "learning.focus",
     "find_hard_samples": "learning.focus",
     "focus_draws": "learning.focus",
     "symbol_margins": "learning.focus",

@@ -34,6 +34,7 @@ from optinc_jax.validation import require_int, require_real
 __all__ = [
     "HardSet",
     "batch_share",
+    "compile_hard_samples",
     "draw_epoch_indices",
     "find_hard_samples",
     "focus_draws",
@@ -125,6 +126,60 @@ def _score(params, margin, *, apply_fn, dataset: Dataset, chunk_size: int, judge
     return HardSet(indices.astype(jnp.int32), diagnostics["hard_count"]), diagnostics
 
 
+def _score_arguments(apply_fn, dataset: Dataset, margin, chunk_size, judged) -> dict[str, Any]:
+    """The checked arguments of :func:`_score` but the parameters (:func:`find_hard_samples`)."""
+    margin = require_real("margin", margin, low=0.0, high=0.5, low_inclusive=False)
+    judged = (0, dataset.size) if judged is None else tuple(judged)
+    if len(judged) != 2:
+        raise ValueError(f"judged must be a range (start, stop), got {judged}")
+    start, stop = (require_int("judged", bound, 0, dataset.size) for bound in judged)
+    if start >= stop:
+        raise ValueError(f"judged must be a non-empty range (start, stop), got {judged}")
+    chunk_size = require_int("chunk_size", min(chunk_size, dataset.size), 1)
+    if -(-dataset.size // chunk_size) * chunk_size - 1 > INT32_MAX:
+        raise ValueError(
+            f"chunk_size {chunk_size} for {dataset.size} samples would index beyond int32"
+        )
+    return {
+        "margin": jnp.float32(margin),
+        "apply_fn": apply_fn,
+        "dataset": dataset,
+        "chunk_size": chunk_size,
+        "judged": (start, stop),
+    }
+
+
+def compile_hard_samples(
+    apply_fn,
+    params,
+    dataset: Dataset,
+    *,
+    margin: float,
+    chunk_size: int = 1 << 12,
+    judged: tuple[int, int] | None = None,
+) -> None:
+    """Compiles the pass of :func:`find_hard_samples` for these arguments, without running it.
+
+    A later call of :func:`find_hard_samples` with parameters of the same shapes, dtypes
+    and shardings and the same other arguments reuses the compilation (the trainer
+    compiles it on a second thread while its first epoch runs).
+
+    Args:
+        apply_fn: as for :func:`find_hard_samples`.
+        params: the parameters, or their ``jax.ShapeDtypeStruct`` pytree.
+        dataset: as for :func:`find_hard_samples`.
+        margin: as for :func:`find_hard_samples`.
+        chunk_size: as for :func:`find_hard_samples`.
+        judged: as for :func:`find_hard_samples`.
+
+    Raises:
+        ValueError: as :func:`find_hard_samples`.
+    """
+    _score.lower(
+        params, **_score_arguments(apply_fn, dataset, margin, chunk_size, judged)
+    ).compile()
+
+
 def find_hard_samples(
     apply_fn,
     params,
@@ -161,25 +216,8 @@ def find_hard_samples(
         ValueError: if ``margin`` is outside ``(0, 0.5]``, ``chunk_size < 1`` or
             ``judged`` is not a non-empty range inside the dataset.
     """
-    margin = require_real("margin", margin, low=0.0, high=0.5, low_inclusive=False)
-    judged = (0, dataset.size) if judged is None else tuple(judged)
-    if len(judged) != 2:
-        raise ValueError(f"judged must be a range (start, stop), got {judged}")
-    start, stop = (require_int("judged", bound, 0, dataset.size) for bound in judged)
-    if start >= stop:
-        raise ValueError(f"judged must be a non-empty range (start, stop), got {judged}")
-    chunk_size = require_int("chunk_size", min(chunk_size, dataset.size), 1)
-    if -(-dataset.size // chunk_size) * chunk_size - 1 > INT32_MAX:
-        raise ValueError(
-            f"chunk_size {chunk_size} for {dataset.size} samples would index beyond int32"
-        )
     hard, diagnostics = _score(
-        params,
-        jnp.float32(margin),
-        apply_fn=apply_fn,
-        dataset=dataset,
-        chunk_size=chunk_size,
-        judged=(start, stop),
+        params, **_score_arguments(apply_fn, dataset, margin, chunk_size, judged)
     )
     diagnostics = jax.device_get(diagnostics)
     return hard, {

@@ -35,6 +35,7 @@ deployed onto MZI phases and fine-tuned under noise
 ``circuit_finetuned.npz`` and ``result.json`` gains a ``"noise_finetune"`` object.
 """
 
+import concurrent.futures
 import json
 import math
 import time
@@ -65,7 +66,7 @@ from optinc_jax.learning.finetune import (
     finetune_summary,
 )
 from optinc_jax.learning.finish import finish_on_hard_set
-from optinc_jax.learning.focus import find_hard_samples
+from optinc_jax.learning.focus import HardSet, compile_hard_samples, find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn, onn_weights
 from optinc_jax.learning.projection import projection_diag_unitary
@@ -232,6 +233,90 @@ def _project(config: TrainConfig, approx_layers: tuple[int, ...], params):
     return projection_diag_unitary(
         params, approx_layers, side=config.approx_side, refine_steps=config.refine_steps
     )
+
+
+def _compile_ahead(
+    config: TrainConfig,
+    setup: "TrainingSetup",
+    state: TrainState,
+    classes: TargetClasses | None,
+) -> list[tuple[int, concurrent.futures.Future]]:
+    """Compiles, on a second thread, what a fresh one-device run needs after its first epoch.
+
+    While the first epoch compiles (one core of a 2-core CPU busy), the thread compiles
+    what follows it: the finiteness check and the projection (run once on a copy of the
+    starting parameters: cheap) and the scoring pass (compiled only), then the epochs
+    that come later with other arguments (the focused stage-1 epoch, the stage-2 epoch).
+    The run waits for each before it would need it, so nothing is compiled twice. Nothing
+    the run computes changes: the same programs are compiled, off its critical path.
+
+    Args:
+        config: the run's configuration.
+        setup: the run's :class:`TrainingSetup`.
+        state: the initial state (its parameters are copied to the host first and its
+            structure kept: the run donates it to its first epoch).
+        classes: the balanced draw's target classes of the run (or ``None``).
+
+    Returns:
+        ``[(epoch, future)]``: wait for ``future`` once ``epoch`` epochs are done;
+        ``result()`` re-raises what failed in the thread.
+    """
+    host_params = jax.device_get(state.params)
+    # no sharding: as the run's own arrays on one device (a committed sharding would make
+    # it another program)
+    structure = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type), state
+    )
+    first = 1
+    hard = None
+    if config.focus_fraction > 0:
+        size = setup.train_dataset.size
+        hard = HardSet(
+            jax.ShapeDtypeStruct((size,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+        )
+
+    def early():
+        params = jax.device_put(host_params)
+        bool(_all_finite(params))
+        if projection_due(config, first):
+            params = _project(config, config.conditioned_layers(first), params)
+            bool(_all_finite(params))
+        if first < config.epochs and first % config.eval_every == 0:
+            compile_hard_samples(
+                setup.apply_fn,
+                params,
+                setup.train_dataset,
+                margin=config.focus_margin,
+                chunk_size=config.eval_chunk_size or default_chunk_size(),
+                judged=setup.judged_range(),
+            )
+
+    def compile_epoch(epoch: int, hard: HardSet | None):
+        leak = config.leak_at(epoch)
+        train_epoch.lower(
+            structure,
+            jax.random.key(0),
+            apply_fn=setup.apply_fn,
+            dataset=setup.train_dataset,
+            config=config,
+            stage=1 if epoch < config.switch_epoch else 2,
+            steps=setup.steps_per_epoch,
+            mesh=None,
+            hard=hard,
+            classes=classes,
+            leak=None if leak is None else jnp.float32(leak),
+        ).compile()
+
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
+    futures = [(first, executor.submit(early))]
+    if hard is not None and first < min(config.switch_epoch, config.epochs):
+        futures.append((first, executor.submit(compile_epoch, first, hard)))
+    if config.switch_epoch < config.epochs:
+        futures.append(
+            (config.switch_epoch, executor.submit(compile_epoch, config.switch_epoch, hard))
+        )
+    executor.shutdown(wait=False)
+    return futures
 
 
 def _hardware_params(config: TrainConfig, approx_layers: tuple[int, ...], epoch: int, params):
@@ -413,6 +498,7 @@ def train_onn(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     mesh: Mesh | None = None,
     dataset: Dataset | None = None,
+    compile_ahead: bool = True,
 ) -> TrainResult:
     """Trains, evaluates and records one OptINC ONN.
 
@@ -433,6 +519,10 @@ def train_onn(
             float reassociation in the gradient sum.
         dataset: the training and evaluation set; ``None`` for the scenario's exhaustive
             grid. Any :class:`~optinc_jax.encoding.dataset.Dataset` plugs in.
+        compile_ahead: a fresh run without a mesh compiles the programs it needs after
+            its first epoch (scoring, projection, the stage-2 epoch) on a second thread
+            while the first epoch runs; the result is the same either way (``False``: all
+            on this thread, when they are first needed).
 
     Returns:
         The :class:`TrainResult`.
@@ -475,7 +565,9 @@ def train_onn(
         footprint, f"scenario {setup.scenario.name} with batch size {config.batch_size}"
     )
     with run_directory_lock(workdir):
-        return _train_locked(config, workdir, setup, resume, progress, on_epoch_end, mesh)
+        return _train_locked(
+            config, workdir, setup, resume, progress, on_epoch_end, mesh, compile_ahead
+        )
 
 
 def _train_locked(
@@ -486,6 +578,7 @@ def _train_locked(
     progress: bool,
     on_epoch_end: Callable[[int, dict], None] | None,
     mesh: Mesh | None,
+    compile_ahead: bool,
 ) -> TrainResult:
     """The body of :func:`train_onn`, run while holding the run directory's lock."""
     scenario, approx_layers, dataset = setup.scenario, setup.approx_layers, setup.dataset
@@ -541,6 +634,9 @@ def _train_locked(
             # uniformly until its first evaluation.
             hard, _ = _score_hard_samples(config, setup, start_epoch, state.params)
         seed_key = jax.random.key(config.seed)
+        ahead = []
+        if compile_ahead and mesh is None and start_epoch == 0:
+            ahead = _compile_ahead(config, setup, state, draw_classes)
         bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
         while epoch < config.epochs and not done:
             tic = time.perf_counter()
@@ -560,6 +656,11 @@ def _train_locked(
                 leak=None if leak is None else jnp.float32(leak),
             )
             epoch += 1
+            # what the next steps run is compiled (or compiling) on the second thread: wait
+            # for it rather than compile it twice
+            for _, future in (due := [item for item in ahead if item[0] <= epoch]):
+                future.result()
+            ahead = [item for item in ahead if item not in due]
             loss = float(loss)
             finite = math.isfinite(loss) and bool(_all_finite(state.params))
             if finite and epoch <= config.revive_until:
