@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from benchmarks import machine_environment
 from optinc_jax import (
@@ -344,33 +345,43 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    demo = report.get("demo")
+    demo, scaling = report.get("demo"), report.get("scaling")
+    panels = [part for part in (demo, scaling) if part]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 4.5))
+    axes = list(np.atleast_1d(axes))
     if demo:
+        axis = axes.pop(0)
         labels = list(dict.fromkeys(row["label"] for row in demo["runs"]))
         for index, label in enumerate(labels):
             rows = [r for r in demo["runs"] if r["label"] == label and r["first_full_accuracy"]]
-            axes[0].scatter(
+            axis.scatter(
                 [r["first_full_accuracy"]["epoch"] for r in rows],
                 [r["first_full_accuracy"]["train_seconds"] for r in rows],
                 s=60,
                 color=f"C{index}",
                 label=label,
             )
-        axes[0].set(
+        ratios = [("baseline", demo["time_ratio"])]
+        if "revision" in demo:
+            ratios.append((demo["revision"], demo["time_ratio_to_revision"]))
+        process = "a fresh process per run" if demo.get("fresh_process") else "one process"
+        axis.set(
             xlabel="epoch of the first projected 100 %",
             ylabel="training seconds to it",
-            title=f"8b4s demo: candidate / baseline time = {demo['time_ratio']}",
+            title=f"8b4s demo ({process}): median time of the candidate\n/ "
+            + ", / ".join(
+                f"{name} {'-' if ratio is None else f'{ratio:.3f}'}" for name, ratio in ratios
+            ),
         )
-        axes[0].legend(fontsize=8)
-    scaling = report.get("scaling")
+        axis.legend(fontsize=8)
     if scaling:
+        axis = axes.pop(0)
         names = [
             f"{row['scenario']}\n{row['size']:,}\nbatch {row['batch_size']}" for row in scaling
         ]
-        axes[1].bar(names, [row["epoch_seconds"] for row in scaling], color="C2")
-        axes[1].set_yscale("log")
-        axes[1].set(ylabel=f"seconds per epoch ({report['backend']})", title="Cost of one epoch")
+        axis.bar(names, [row["epoch_seconds"] for row in scaling], color="C2")
+        axis.set_yscale("log")
+        axis.set(ylabel=f"seconds per epoch ({report['backend']})", title="Cost of one epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
