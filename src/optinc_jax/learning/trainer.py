@@ -22,6 +22,10 @@ within ``focus_margin`` of a threshold and the smallest margin in the history; t
 histogram is evaluated once, at the end. With ``TrainConfig.focus_fraction > 0`` a share
 of each following minibatch is drawn from those wrong and low-margin inputs.
 
+A fresh run on one device compiles the programs it needs after its first epoch (the
+scoring pass, the projection, the focused and the stage-2 epochs) on a second thread while
+its first epoch compiles and runs (``compile_ahead``): the same programs, none twice.
+
 A run is safe to leave alone: one writer holds the run directory's lock for the run's
 lifetime (:mod:`optinc_jax.learning.run_lock`); a configuration that cannot fit in memory is
 refused before the directory is touched (:mod:`optinc_jax.learning.footprint`); and a loss
