@@ -243,11 +243,16 @@ def _worktree(rev: str):
     """A temporary detached git worktree of this repository at ``rev`` (removed after)."""
     with tempfile.TemporaryDirectory() as parent:
         path = Path(parent) / "worktree"
-        subprocess.run(
+        added = subprocess.run(
             ["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(path), rev],
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if added.returncode:
+            raise RuntimeError(
+                f"--revision {rev!r}: git worktree add failed: {added.stderr.strip()[-500:]}"
+            )
         try:
             yield path
         finally:
@@ -449,9 +454,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         if args.revision is not None:
             configs[f"make demo at {args.revision}"] = Revision(args.revision)
-        rows = time_to_full_accuracy(
-            configs, [int(s) for s in args.seeds.split(",")], fresh_process=not args.same_process
-        )
+        try:
+            rows = time_to_full_accuracy(
+                configs,
+                [int(s) for s in args.seeds.split(",")],
+                fresh_process=not args.same_process,
+            )
+        except RuntimeError as error:  # a child that failed, an unknown revision
+            parser.exit(1, f"bench_recipe: {error}\n")
         medians = {}
         for label in configs:
             times = [

@@ -57,3 +57,8 @@ def test_a_revision_runs_that_commits_demo():
     first = row["first_full_accuracy"]
     assert first == {"epoch": row["epochs"], "train_seconds": row["train_seconds"]}
     assert 50 <= row["epochs"] <= 130  # its TrainConfig(): 130 epochs, stage 2 from 80
+
+
+def test_an_unknown_revision_is_one_clear_error():
+    with pytest.raises(RuntimeError, match="'no-such-revision': git worktree add failed"):
+        bench_recipe.time_to_full_accuracy({"old": bench_recipe.Revision("no-such-revision")}, [0])
