@@ -6,8 +6,10 @@ Run them from the repository root (each writes ``OUT/<name>.json``):
   (unitary, decomposition, forward) against per-MZI NumPy loops and ``interferometer``.
 - ``python -m benchmarks.bench_train --out runs/bench``: time to a projected 100 % (8b4s)
   and exhaustive-evaluation throughput against the dense matmul peak.
-- ``python -m benchmarks.bench_recipe --out runs/bench``: time to the demo's projected
-  100 % with the 8b4s preset against ``TrainConfig()``, and each scenario's epoch cost.
+- ``python -m benchmarks.bench_recipe --out runs/bench [--revision REV]``: time to the
+  demo's projected 100 % with the 8b4s preset against ``TrainConfig()`` (and against
+  ``make demo`` as commit REV trained it), each run in a fresh process as ``make demo``;
+  and each scenario's epoch cost.
 - ``python -m benchmarks.bench_scale --out runs/bench [--quick]``: evaluation throughput
   over 1-8 devices, training speed per scenario, evaluation memory.
 - ``python -m benchmarks.bench_collective --out runs/bench``: ``optinc_jax.pmean`` and the
