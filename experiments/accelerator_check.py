@@ -52,12 +52,17 @@ __all__ = ["check_evaluation", "check_training", "main", "run", "train_config"]
 
 
 def train_config(config: AcceleratorCheckConfig) -> TrainConfig:
-    """The training run of a check: the scenario's preset, checkpointed every epoch."""
+    """The training run of a check: the scenario's preset, checkpointed and evaluated often.
+
+    After every epoch, stage 1 too whatever the preset's ``stage1_eval_every``: the check
+    reports the accuracy of every epoch.
+    """
     train = TrainConfig.for_scenario(
         config.train_scenario,
         steps_per_epoch=config.steps_per_epoch,
         checkpoint_every=1,
         eval_every=1,
+        stage1_eval_every=1,
     )
     if config.epochs is not None:
         train = train.replace(

@@ -6,7 +6,7 @@ changes single fields with flags such as ``--rows`` or ``--epochs``.
 Table budgets (:class:`TableConfig`, Tables I and II). A row whose dataset has at most
 ``full_pass_samples`` samples trains with its scenario's preset
 (:meth:`~optinc_jax.learning.config.TrainConfig.for_scenario`) in full (one pass per
-epoch, evaluated every epoch, stop at the first projected 100 %). A larger one is
+epoch, evaluated as the preset says, stop at the first projected 100 %). A larger one is
 *capped*: it trains ``capped_epochs`` epochs (``None``: the preset's) of
 ``capped_steps_per_epoch``
 steps (sampled with replacement when that is more than one pass), evaluated every

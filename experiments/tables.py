@@ -147,9 +147,16 @@ def row_config(row: PaperRow, config: TableConfig) -> tuple[TrainConfig, str]:
             "stop at 100 %"
         )
     else:
+        stage1 = train.stage1_eval_every or train.eval_every
+        after = "every epoch" if train.eval_every == 1 else f"every {train.eval_every} epochs"
+        evaluations = (
+            "evaluated every epoch"
+            if stage1 == train.eval_every == 1
+            else f"evaluated every {stage1} epochs in stage 1, then {after}"
+        )
         budget = (
             f"{config.preset}: the scenario's preset (up to {train.epochs} epochs of one "
-            f"pass, focus {train.focus_fraction:g}, evaluated every epoch, stop at 100 %"
+            f"pass, focus {train.focus_fraction:g}, {evaluations}, stop at 100 %"
             + (f" with a margin of {train.stop_margin:g} symbol)" if train.stop_margin else ")")
         )
     if config.epochs is not None or config.steps_per_epoch is not None:

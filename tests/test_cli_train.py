@@ -120,6 +120,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         *("--leak-start", "0.2", "--leak-until", "2", "--bias-learning-rate-scale", "0.1"),
         *("--stop-margin", "0.05", "--approx-side", "right"),
         *("--adam-eps", "1e-5", "--stage2-learning-rate-scale", "0.5"),
+        *("--stage1-eval-every", "2"),
     ]
     trained = runner.invoke(main, [*args, *options, "--out", str(tmp_path / "a")])
     assert trained.exit_code == 0, trained.output
@@ -132,6 +133,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
     assert config["bias_learning_rate_scale"] == 0.1 and config["stop_margin"] == 0.05
     assert config["approx_side"] == "right"
     assert config["adam_eps"] == 1e-5 and config["stage2_learning_rate_scale"] == 0.5
+    assert config["stage1_eval_every"] == 2
     for option, value, name in [
         ("--symbol-tolerance", "0.5", "symbol_tolerance"),
         ("--stage2-tolerance", "-0.2", "stage2_tolerance"),
@@ -146,6 +148,7 @@ def test_train_schedule_options_reach_the_config_and_bad_values_are_one_line(tmp
         ("--approx-side", "up", "approx-side"),
         ("--adam-eps", "0", "adam_eps"),
         ("--stage2-learning-rate-scale", "-1", "stage2_learning_rate_scale"),
+        ("--stage1-eval-every", "0", "stage1-eval-every"),
     ]:
         bad = runner.invoke(main, [*args, option, value, "--out", str(tmp_path / "b")])
         assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -42,16 +42,18 @@ def _compiling_threads():
         jax.monitoring.unregister_event_duration_listener(listen)
 
 
-def _train(workdir, compile_ahead: bool):
+def _train(config, workdir, compile_ahead: bool):
     """The run from empty caches, and the thread of every backend compilation."""
     with _compiling_threads() as threads:
-        result = train_onn(CONFIG, workdir, progress=False, compile_ahead=compile_ahead)
+        result = train_onn(config, workdir, progress=False, compile_ahead=compile_ahead)
     return result, threads
 
 
-def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path):
-    ahead, ahead_threads = _train(tmp_path / "ahead", True)
-    plain, plain_threads = _train(tmp_path / "plain", False)
+# every epoch evaluated; or the first not (the scoring pass compiled ahead all the same)
+@pytest.mark.parametrize("config", [CONFIG, CONFIG.replace(stage1_eval_every=2)])
+def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path, config):
+    ahead, ahead_threads = _train(config, tmp_path / "ahead", True)
+    plain, plain_threads = _train(config, tmp_path / "plain", False)
     # the same computation: every loss, every evaluation and the final parameters
     assert ahead.record["history"] == plain.record["history"]
     assert ahead.evaluation.correct == plain.evaluation.correct

@@ -119,9 +119,10 @@ def test_presets_load_and_differ_as_documented():
 
 def test_quick_budget_caps_large_datasets_only():
     quick = configs.table_preset("quick")
-    small, budget = tables.row_config(table1.ROWS[1], quick)
+    small, small_budget = tables.row_config(table1.ROWS[1], quick)
     large, budget = tables.row_config(table1.ROWS[7], quick)
     assert small == TrainConfig.for_scenario("8b4s")  # the scenario preset in full
+    assert "evaluated every 5 epochs in stage 1, then every epoch" in small_budget
     assert (large.epochs, large.steps_per_epoch, large.eval_every, large.switch_epoch) == (
         20,
         100,

@@ -420,6 +420,12 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "paper's) [default: the preset's, else 1].",
 )
 @click.option(
+    "--stage1-eval-every",
+    type=click.IntRange(min=1),
+    help="Evaluate every this many epochs while loss stage 1 trains (and after its last "
+    "epoch); 1: every epoch [default: the preset's, else every epoch].",
+)
+@click.option(
     "--pad-levels",
     type=click.IntRange(min=0),
     help="Train on the grid padded with this many virtual levels of the most significant "
@@ -492,6 +498,7 @@ def train_command(
     bias_learning_rate_scale: float | None,
     adam_eps: float | None,
     stage2_learning_rate_scale: float | None,
+    stage1_eval_every: int | None,
     pad_levels: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
@@ -538,6 +545,7 @@ def train_command(
         "bias_learning_rate_scale": bias_learning_rate_scale,
         "adam_eps": adam_eps,
         "stage2_learning_rate_scale": stage2_learning_rate_scale,
+        "stage1_eval_every": stage1_eval_every,
         "pad_levels": pad_levels,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,

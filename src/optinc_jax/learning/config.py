@@ -95,6 +95,13 @@ class TrainConfig:
             reached 100 % sooner: README, "Training recipe").
         refine_steps: alternating least-squares refinements of each projection.
         eval_every: exhaustive evaluation period in epochs (also at the last epoch).
+        stage1_eval_every: the evaluation period while loss stage 1 trains (epochs up to
+            ``switch_epoch``, which is then evaluated too); ``None`` (the default):
+            ``eval_every``. Stage 1's evaluations draw the accuracy curve (and the focused
+            draw's hard set); each is a forward pass over the whole grid, about a sixth of
+            an 8b4s epoch's time, so a longer period there shortens a run that first
+            reaches 100 % in stage 2 (:meth:`evaluation_due`). Not in the paper (which
+            does not say how often it evaluates).
         eval_chunk_size: samples per evaluation chunk (``None``: the backend's default,
             :func:`optinc_jax.learning.evaluate.default_chunk_size`).
         checkpoint_every: checkpoint period in epochs (also at the end).
@@ -111,7 +118,7 @@ class TrainConfig:
             within ``focus_margin`` of a receiver threshold, rescored at every evaluation
             (:mod:`optinc_jax.learning.focus`), in ``[0, 1)``; 0 samples uniformly. Not in
             the paper (uniform sampling). ``checkpoint_every`` must then be a multiple of
-            ``eval_every``.
+            ``eval_every`` (and of ``stage1_eval_every``).
         balance_fraction: share of every minibatch drawn with every target equally
             likely (a target uniformly, then one of its inputs;
             :mod:`optinc_jax.learning.balance`), in ``[0, 1)``; with ``focus_fraction``
@@ -186,7 +193,7 @@ class TrainConfig:
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
     ``refit_*``, ``finish_*``, ``leak_*``, ``bias_learning_rate_scale``, ``pad_levels``,
-    ``stage2_learning_rate_scale`` and ``adam_eps`` fields are
+    ``stage2_learning_rate_scale``, ``adam_eps`` and ``stage1_eval_every`` fields are
     optional in records: :meth:`to_json` writes each only when it differs from its default,
     so records of runs without fine-tuning, focus or a dead zone are those of earlier
     versions (and such runs resume), and :meth:`from_json` fills in the defaults.
@@ -208,6 +215,7 @@ class TrainConfig:
     approx_side: ApproxSide = "left"
     refine_steps: int = 0
     eval_every: int = 1
+    stage1_eval_every: int | None = None
     eval_chunk_size: int | None = None
     checkpoint_every: int = 10
     stop_at_full_accuracy: bool = True
@@ -258,7 +266,7 @@ class TrainConfig:
             "revive_until",
         ):
             require_int(name, getattr(self, name), 0)
-        for name in ("steps_per_epoch", "eval_chunk_size"):
+        for name in ("steps_per_epoch", "eval_chunk_size", "stage1_eval_every"):
             if getattr(self, name) is not None:
                 require_int(name, getattr(self, name), 1)
         require_int("seed", self.seed, 0, MAX_SEED)
@@ -348,13 +356,15 @@ class TrainConfig:
                 f"{last_matrix}, which approx {list(self.approx_layers())} keeps diagonal x "
                 "unitary; refit only a run whose last matrix is free"
             )
-        if self.focus_fraction > 0 and self.checkpoint_every % self.eval_every:
-            # The hard set is rescored at every evaluation and rebuilt from the checkpoint
-            # on resume, so a checkpoint must fall on an evaluation epoch.
-            raise ValueError(
-                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of eval_every "
-                f"({self.eval_every}) with focus_fraction > 0"
-            )
+        for name in ("eval_every", "stage1_eval_every"):
+            period = getattr(self, name)
+            if self.focus_fraction > 0 and period is not None and self.checkpoint_every % period:
+                # The hard set is rescored at every evaluation and rebuilt from the
+                # checkpoint on resume, so a checkpoint must fall on an evaluation epoch.
+                raise ValueError(
+                    f"checkpoint_every ({self.checkpoint_every}) must be a multiple of {name} "
+                    f"({period}) with focus_fraction > 0"
+                )
 
     def _validate_noise(self) -> None:
         """Checks the ``noise_*`` fields (one ``ValueError`` naming the field)."""
@@ -425,6 +435,27 @@ class TrainConfig:
         if stage == 2 and self.stage2_tolerance is not None:
             return self.stage2_tolerance
         return self.symbol_tolerance
+
+    def evaluation_due(self, epoch: int) -> bool:
+        """Whether the run evaluates its projected network after ``epoch`` (1-based) epochs.
+
+        Every ``eval_every`` epochs and after the last; while loss stage 1 trains (epochs
+        up to ``switch_epoch``) every ``stage1_eval_every`` epochs instead when that is set,
+        and after the last stage-1 epoch.
+
+        Examples:
+            >>> config = TrainConfig(epochs=12, switch_epoch=7, stage1_eval_every=3)
+            >>> [epoch for epoch in range(1, 13) if config.evaluation_due(epoch)]
+            [3, 6, 7, 8, 9, 10, 11, 12]
+            >>> config = TrainConfig(epochs=12, switch_epoch=7, eval_every=5)
+            >>> [epoch for epoch in range(1, 13) if config.evaluation_due(epoch)]
+            [5, 10, 12]
+        """
+        if epoch == self.epochs:
+            return True
+        if self.stage1_eval_every is not None and epoch <= self.switch_epoch:
+            return epoch % self.stage1_eval_every == 0 or epoch == self.switch_epoch
+        return epoch % self.eval_every == 0
 
     def leak_at(self, epoch: int) -> float | None:
         """The hidden activations' negative slope while training epoch ``epoch`` (0-based).
@@ -536,6 +567,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "pad_levels",
             "stage2_learning_rate_scale",
             "adam_eps",
+            "stage1_eval_every",
         )
     )
 }

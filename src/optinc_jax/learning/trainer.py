@@ -285,7 +285,7 @@ def _compile_ahead(
         if projection_due(config, first):
             params = _project(config, config.conditioned_layers(first), params)
             bool(_all_finite(params))
-        if first < config.epochs and first % config.eval_every == 0:
+        if any(config.evaluation_due(epoch) for epoch in range(first, config.epochs)):
             compile_hard_samples(
                 setup.apply_fn,
                 params,
@@ -681,7 +681,7 @@ def _train_locked(
                 state = _finish_at_end(config, setup, epoch, state, history, mesh, classes)
             if epoch == config.epochs and config.refit_iterations:
                 state = _refit_at_end(config, setup, epoch, state, history, mesh)
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
+            if config.evaluation_due(epoch):
                 margin = 0.0
                 scoring = mesh is None or config.focus_fraction > 0 or config.stop_margin > 0
                 if scoring and epoch < config.epochs:
