@@ -249,10 +249,12 @@ def _compile_ahead(
 
     While the first epoch compiles (one core of a 2-core CPU busy), the thread compiles
     what follows it: the finiteness check and the projection (run once on a copy of the
-    starting parameters: cheap) and the scoring pass (compiled only), then the epochs
-    that come later with other arguments (the focused stage-1 epoch, the stage-2 epoch).
-    The run waits for each before it would need it, so nothing is compiled twice. Nothing
-    the run computes changes: the same programs are compiled, off its critical path.
+    starting parameters: cheap), the scoring pass (compiled only), then the epochs that
+    come later with other arguments (the focused stage-1 epoch, the stage-2 epoch). The
+    run waits for each before it would need it (the scoring pass and the focused epoch
+    before its first evaluation, which a sparse stage 1 puts after a few epochs), so
+    nothing is compiled twice. Nothing the run computes changes: the same programs are
+    compiled, off its critical path.
 
     Args:
         config: the run's configuration.
@@ -285,15 +287,16 @@ def _compile_ahead(
         if projection_due(config, first):
             params = _project(config, config.conditioned_layers(first), params)
             bool(_all_finite(params))
-        if any(config.evaluation_due(epoch) for epoch in range(first, config.epochs)):
-            compile_hard_samples(
-                setup.apply_fn,
-                params,
-                setup.train_dataset,
-                margin=config.focus_margin,
-                chunk_size=config.eval_chunk_size or default_chunk_size(),
-                judged=setup.judged_range(),
-            )
+
+    def compile_scoring():
+        compile_hard_samples(
+            setup.apply_fn,
+            jax.device_put(host_params),
+            setup.train_dataset,
+            margin=config.focus_margin,
+            chunk_size=config.eval_chunk_size or default_chunk_size(),
+            judged=setup.judged_range(),
+        )
 
     def compile_epoch(epoch: int, hard: HardSet | None):
         leak = config.leak_at(epoch)
@@ -313,8 +316,14 @@ def _compile_ahead(
 
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
     futures = [(first, executor.submit(early))]
-    if hard is not None and first < min(config.switch_epoch, config.epochs):
-        futures.append((first, executor.submit(compile_epoch, first, hard)))
+    # the scoring pass is awaited only before the first epoch that scores (stage 1 may be
+    # evaluated every few epochs: the run goes on meanwhile)
+    scored = [epoch for epoch in range(first, config.epochs) if config.evaluation_due(epoch)]
+    if scored:
+        futures.append((scored[0], executor.submit(compile_scoring)))
+    # the focused stage-1 epoch follows the first scoring (uniform draws until then)
+    if hard is not None and scored and scored[0] < min(config.switch_epoch, config.epochs):
+        futures.append((scored[0], executor.submit(compile_epoch, scored[0], hard)))
     if config.switch_epoch < config.epochs:
         futures.append(
             (config.switch_epoch, executor.submit(compile_epoch, config.switch_epoch, hard))
