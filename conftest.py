@@ -35,3 +35,27 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+class _Killed(Exception):
+    """Raised from ``on_epoch_end`` to stop a run as a killed process would stop."""
+
+
+@pytest.fixture
+def train_killed_after():
+    """A run killed after some epochs, its checkpoints left to resume from.
+
+    ``kill(config, workdir, epochs, **train_onn_kwargs)`` trains until ``epochs`` epochs
+    are done, then dies as a killed process would.
+    """
+    from optinc_jax import train_onn
+
+    def kill(config, workdir, epochs: int, **kwargs) -> None:
+        def stop(done, _history):
+            if done == epochs:
+                raise _Killed
+
+        with pytest.raises(_Killed):
+            train_onn(config, workdir, progress=False, on_epoch_end=stop, **kwargs)
+
+    return kill

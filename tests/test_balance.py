@@ -122,7 +122,9 @@ def test_balance_fraction_is_validated_and_optional():
         TrainConfig(balance_fraction=0.5, focus_fraction=0.5)
 
 
-def test_a_balanced_run_differs_from_a_uniform_one_and_resumes_identically(tmp_path):
+def test_a_balanced_run_differs_from_a_uniform_one_and_resumes_identically(
+    tmp_path, train_killed_after
+):
     config = TrainConfig(
         epochs=3, steps_per_epoch=20, checkpoint_every=1, stop_at_full_accuracy=False
     )
@@ -130,16 +132,7 @@ def test_a_balanced_run_differs_from_a_uniform_one_and_resumes_identically(tmp_p
     uniform_run = train_onn(config, tmp_path / "uniform", progress=False)
     straight = train_onn(balanced, tmp_path / "straight", progress=False)
     assert straight.record["history"]["loss"] != uniform_run.record["history"]["loss"]
-
-    class Killed(Exception):
-        pass
-
-    def kill(done, _history):
-        if done == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_onn(balanced, tmp_path / "resumed", progress=False, on_epoch_end=kill)
+    train_killed_after(balanced, tmp_path / "resumed", 2)
     resumed = train_onn(balanced, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
 

@@ -67,19 +67,9 @@ def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path, config):
     assert len(ahead_threads) == len(plain_threads)
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_resumed_run_compiles_on_its_own_thread_to_the_same_result(tmp_path):
+def test_a_resumed_run_compiles_on_its_own_thread_to_the_same_result(tmp_path, train_killed_after):
     config = CONFIG.replace(switch_epoch=1, checkpoint_every=2)
-
-    def kill(epoch, _history):
-        if epoch == 2:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(config, tmp_path / "run", progress=False, on_epoch_end=kill)
+    train_killed_after(config, tmp_path / "run", 2)
     with _compiling_threads() as threads:
         resumed = train_onn(config, tmp_path / "run", progress=False, resume=True)
     # the resumed run restores its hard set and stage and compiles them itself

@@ -134,11 +134,9 @@ def _without_seconds(record: dict) -> dict:
     return {key: value for key, value in record.items() if key != "seconds"}
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_run_finishes_then_refits_and_a_killed_run_resumes_to_the_same_network(tmp_path):
+def test_a_run_finishes_then_refits_and_a_killed_run_resumes_to_the_same_network(
+    tmp_path, train_killed_after
+):
     config = _short_finished_run()
     plain = train_onn(
         dataclasses.replace(config, finish_rounds=0, refit_iterations=0),
@@ -157,12 +155,7 @@ def test_a_run_finishes_then_refits_and_a_killed_run_resumes_to_the_same_network
     assert again.correct == result.evaluation.correct
     assert again.error_histogram == result.evaluation.error_histogram
 
-    def kill_after_first_epoch(epoch, history):
-        if epoch == 1:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(config, tmp_path / "killed", progress=False, on_epoch_end=kill_after_first_epoch)
+    train_killed_after(config, tmp_path / "killed", 1)
     resumed = train_onn(config, tmp_path / "killed", resume=True, progress=False)
     history = resumed.record["history"]
     assert _without_seconds(history["finish"]) == _without_seconds(finish)

@@ -141,11 +141,9 @@ def test_an_epoch_with_a_zero_leak_is_the_relu_epoch_and_a_leak_revives_a_dead_u
     assert float(leaky["bias"][0]) != -1.0 and np.any(np.asarray(leaky["kernel"][:, 0]) != 0)
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_leaky_run_differs_while_it_leaks_reports_the_relu_network_and_resumes(tmp_path):
+def test_a_leaky_run_differs_while_it_leaks_reports_the_relu_network_and_resumes(
+    tmp_path, train_killed_after
+):
     straight = train_onn(LEAKY, tmp_path / "straight", progress=False)
     plain = train_onn(
         LEAKY.replace(leak_start=0.0, leak_until=0), tmp_path / "plain", progress=False
@@ -155,12 +153,7 @@ def test_a_leaky_run_differs_while_it_leaks_reports_the_relu_network_and_resumes
     relu = evaluate_exhaustive(straight.apply_fn, straight.params, build_training(LEAKY).dataset)
     assert straight.evaluation.correct == relu.correct
 
-    def kill(done, _history):
-        if done == 2:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(LEAKY, tmp_path / "resumed", progress=False, on_epoch_end=kill)
+    train_killed_after(LEAKY, tmp_path / "resumed", 2)
     resumed = train_onn(LEAKY, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
     assert resumed.record["history"] == straight.record["history"]

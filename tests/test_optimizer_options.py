@@ -39,22 +39,6 @@ STAGE2_SCALED = SCALED.replace(
 )
 
 
-class _Killed(Exception):
-    pass
-
-
-def _killed_and_resumed(config, workdir, killed_after):
-    """The run of ``config`` killed after ``killed_after`` epochs, then resumed to its end."""
-
-    def kill(done, _history):
-        if done == killed_after:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(config, workdir, progress=False, on_epoch_end=kill)
-    return train_onn(config, workdir, progress=False, resume=True)
-
-
 def _params():
     return nnx.state(ONN((2, 8, 8, 2), rngs=nnx.Rngs(0)), nnx.Param)
 
@@ -111,14 +95,17 @@ def test_validation_and_records():
             TrainConfig(bias_learning_rate_scale=bad)
 
 
-def test_a_scaled_run_differs_records_its_scale_and_resumes_bit_for_bit(tmp_path):
+def test_a_scaled_run_differs_records_its_scale_and_resumes_bit_for_bit(
+    tmp_path, train_killed_after
+):
     straight = train_onn(SCALED, tmp_path / "straight", progress=False)
     plain = train_onn(
         SCALED.replace(bias_learning_rate_scale=1.0), tmp_path / "plain", progress=False
     )
     assert straight.record["history"]["loss"][1] != plain.record["history"]["loss"][1]
     assert straight.record["config"]["bias_learning_rate_scale"] == 0.25
-    resumed = _killed_and_resumed(SCALED, tmp_path / "resumed", killed_after=2)
+    train_killed_after(SCALED, tmp_path / "resumed", 2)
+    resumed = train_onn(SCALED, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
     assert resumed.record["history"] == straight.record["history"]
 
@@ -194,7 +181,7 @@ def test_adam_eps_and_stage2_scale_validation_and_records():
 
 
 def test_a_scaled_run_agrees_until_the_switch_records_its_scale_and_resumes_bit_for_bit(
-    tmp_path,
+    tmp_path, train_killed_after
 ):
     straight = train_onn(STAGE2_SCALED, tmp_path / "straight", progress=False)
     plain = train_onn(
@@ -205,6 +192,7 @@ def test_a_scaled_run_agrees_until_the_switch_records_its_scale_and_resumes_bit_
     assert losses[2] != plain_losses[2]
     assert straight.record["config"]["stage2_learning_rate_scale"] == 0.5
     # killed inside stage 2
-    resumed = _killed_and_resumed(STAGE2_SCALED, tmp_path / "resumed", killed_after=3)
+    train_killed_after(STAGE2_SCALED, tmp_path / "resumed", 3)
+    resumed = train_onn(STAGE2_SCALED, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
     assert resumed.record["history"] == straight.record["history"]

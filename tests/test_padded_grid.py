@@ -194,7 +194,7 @@ def test_the_scored_accuracy_counts_the_judged_range_only():
         find_hard_samples(apply_fn, params, padded, margin=0.25, judged=(0, padded.size + 1))
 
 
-def test_pad_levels_is_validated_recorded_only_when_set_and_resumes(tmp_path):
+def test_pad_levels_is_validated_recorded_only_when_set_and_resumes(tmp_path, train_killed_after):
     with pytest.raises(ValueError, match="pad_levels"):
         TrainConfig(pad_levels=-1)
     assert "pad_levels" not in TrainConfig().to_json()
@@ -204,13 +204,7 @@ def test_pad_levels_is_validated_recorded_only_when_set_and_resumes(tmp_path):
         train_onn(config, tmp_path / "custom", progress=False, dataset=make_dataset_spec(8, 4))
     # Killed after epoch 2 and resumed: the very same network as the uninterrupted run.
     whole = train_onn(config, tmp_path / "whole", progress=False)
-
-    def stop_after_two(epoch, _history):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_onn(config, tmp_path / "killed", progress=False, on_epoch_end=stop_after_two)
+    train_killed_after(config, tmp_path / "killed", 2)
     resumed = train_onn(config, tmp_path / "killed", progress=False, resume=True)
     for a, b in zip(_leaves(resumed.params), _leaves(whole.params), strict=True):
         np.testing.assert_array_equal(a, b)

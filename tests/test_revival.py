@@ -199,11 +199,9 @@ REVIVING = TrainConfig(
 )
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_reviving_run_records_its_revivals_and_resumes_to_the_same_result(tmp_path):
+def test_a_reviving_run_records_its_revivals_and_resumes_to_the_same_result(
+    tmp_path, train_killed_after
+):
     straight = train_onn(REVIVING, tmp_path / "straight", progress=False)
     history = straight.record["history"]
     assert history["revived_epoch"] == [1, 2, 3, 4]
@@ -216,12 +214,7 @@ def test_a_reviving_run_records_its_revivals_and_resumes_to_the_same_result(tmp_
     assert plain.record["history"]["loss"][0] == history["loss"][0]  # revival after epoch 1
     assert plain.record["history"]["loss"][1:] != history["loss"][1:]
 
-    def kill(done, _history):
-        if done == 3:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(REVIVING, tmp_path / "resumed", progress=False, on_epoch_end=kill)
+    train_killed_after(REVIVING, tmp_path / "resumed", 3)
     resumed = train_onn(REVIVING, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, straight.params, atol=0, rtol=0)
     assert resumed.record["history"] == history

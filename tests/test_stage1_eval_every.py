@@ -97,20 +97,12 @@ def test_fewer_stage_1_evaluations_train_the_same_network(two_runs):
     assert sparse.evaluation.correct == every.evaluation.correct
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_a_focused_run_with_sparse_stage_1_evaluations_resumes_to_the_same_result(tmp_path):
+def test_a_focused_run_with_sparse_stage_1_evaluations_resumes_to_the_same_result(
+    tmp_path, train_killed_after
+):
     # the hard set of the focused draw is rescored at the epoch-2 checkpoint on resume
     config = SPARSE.replace(focus_fraction=0.25, stage1_eval_every=2, checkpoint_every=2)
-
-    def kill(epoch, _history):
-        if epoch == 3:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(config, tmp_path / "run", progress=False, on_epoch_end=kill)
+    train_killed_after(config, tmp_path / "run", 3)
     resumed = train_onn(config, tmp_path / "run", progress=False, resume=True)
     whole = train_onn(config, tmp_path / "whole", progress=False)
     assert whole.record["history"]["eval_epoch"] == [2, 4, 5, 6, 7]

@@ -87,26 +87,11 @@ def test_export_agrees_with_independent_numpy_evaluation(trained, tmp_path):
     assert accuracy == result.evaluation.accuracy == 1.0
 
 
-class _Killed(Exception):
-    pass
-
-
-def _train_killed_after(config: TrainConfig, workdir, epoch: int) -> None:
-    """Trains until ``epoch`` epochs are done, then dies as a killed process would."""
-
-    def kill(done, history):
-        if done == epoch:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train_onn(config, workdir, progress=False, on_epoch_end=kill)
-
-
-def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, train_killed_after):
     config = TINY.replace(epochs=7, stop_at_full_accuracy=False, checkpoint_every=2)
     straight = train_onn(config, tmp_path / "straight", progress=False)
 
-    _train_killed_after(config, tmp_path / "resumed", 5)
+    train_killed_after(config, tmp_path / "resumed", 5)
     with pytest.raises(CheckpointError, match="resume"):
         train_onn(config, tmp_path / "resumed", progress=False)
     with pytest.raises(CheckpointError, match="config"):
@@ -117,7 +102,9 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     assert resumed.record["history"]["loss"] == straight.record["history"]["loss"]
 
 
-def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(tmp_path):
+def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(
+    tmp_path, train_killed_after
+):
     def is_projected(params):
         return all(
             np.allclose(weight, approx_diag_unitary(weight), atol=1e-5)
@@ -143,7 +130,7 @@ def test_a_conditioned_full_row_follows_the_approximated_one_then_trains_freely(
     assert not is_projected(train_onn(full, tmp_path / "free", progress=False).params)
 
     # killed right after the release, it resumes to the uninterrupted result
-    _train_killed_after(released, tmp_path / "resumed", 2)
+    train_killed_after(released, tmp_path / "resumed", 2)
     resumed = train_onn(released, tmp_path / "resumed", progress=False, resume=True)
     chex.assert_trees_all_close(resumed.params, free_end.params, atol=0, rtol=0)
 

@@ -100,8 +100,9 @@ class TrainConfig:
             ``eval_every``. Stage 1's evaluations draw the accuracy curve (and the focused
             draw's hard set); each is a forward pass over the whole grid, about a sixth of
             an 8b4s epoch's time, so a longer period there shortens a run that first
-            reaches 100 % in stage 2 (:meth:`evaluation_due`). Not in the paper (which
-            does not say how often it evaluates).
+            reaches 100 % in stage 2 (:meth:`evaluation_due`); a 100 % between two
+            stage-1 evaluations goes unseen. Not in the paper (which does not say how
+            often it evaluates).
         eval_chunk_size: samples per evaluation chunk (``None``: the backend's default,
             :func:`optinc_jax.learning.evaluate.default_chunk_size`).
         checkpoint_every: checkpoint period in epochs (also at the end).
