@@ -19,6 +19,7 @@ from optinc_jax.photonics.approx import (
     factors_to_matrix,
     merge_blocks,
     partition_blocks,
+    relative_residual,
 )
 
 # A few shapes cover square, tall, wide, non-divisible and k = 1; every new shape compiles.
@@ -351,3 +352,23 @@ def test_residual_of_zero_and_of_a_known_matrix():
     # ||[[-1, 2], [2, 1]] / 5|| / sqrt(3) = sqrt(10) / (5 sqrt(3)) = 0.36515
     value = float(diag_unitary_residual(jnp.array([[1.0, 1.0], [0.0, 1.0]])))
     assert value == pytest.approx(math.sqrt(10) / (5 * math.sqrt(3)), rel=1e-6)
+
+
+@given(shapes, seeds, sides, st.floats(1e-3, 1e3))
+def test_residual_is_the_relative_residual_to_the_projection_at_any_scale(shape, seed, side, c):
+    W = jnp.asarray(_random(shape, seed))
+    projected = approx_diag_unitary(W, side=side)
+    expected = float(relative_residual(W, projected))
+    assert float(diag_unitary_residual(W, side=side)) == pytest.approx(expected, rel=1e-5)
+    scaled = float(relative_residual(c * W, c * projected))
+    assert scaled == pytest.approx(expected, rel=1e-5)
+
+
+def test_relative_residual_known_values_and_shapes():
+    W = jnp.array([[3.0, 4.0]])
+    assert float(relative_residual(W, W)) == 0.0
+    assert float(relative_residual(W, jnp.zeros((1, 2)))) == pytest.approx(1.0)
+    assert float(relative_residual(W, -W)) == pytest.approx(2.0)
+    assert float(relative_residual(jnp.zeros((2, 2)), jnp.ones((2, 2)))) == 0.0
+    with pytest.raises(ValueError, match=r"shape \(2, 1\); expected the shape of W, \(1, 2\)"):
+        relative_residual(W, W.T)

@@ -15,10 +15,11 @@ from optinc_jax import (
     save_exported,
 )
 from optinc_jax.learning import step as step_module
+from optinc_jax.learning import trainer as trainer_module
 from optinc_jax.learning.checkpoint import CheckpointError
 from optinc_jax.learning.config import TrainConfig, projection_due
-from optinc_jax.learning.trainer import load_run, train_onn
-from optinc_jax.photonics.approx import approx_diag_unitary
+from optinc_jax.learning.trainer import build_training, load_run, train_onn
+from optinc_jax.photonics.approx import approx_diag_unitary, diag_unitary_residual
 
 register_scenario(
     make_scenario(
@@ -41,6 +42,21 @@ TINY = TrainConfig(
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
     return workdir, train_onn(TINY, workdir, progress=False)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("layers", [(1, 2, 3, 4), (2, 4)])
+def test_the_recorded_residual_is_the_largest_of_the_selected_matrices(side, layers):
+    # On the random initial network (far from the hardware form) the one-program residual
+    # equals the core's per-matrix diag_unitary_residual, maximised over the selection.
+    config = TINY.replace(approx_side=side)
+    params = build_training(config).initial_state.params
+    residuals = [
+        float(diag_unitary_residual(weight, side=side)) for weight, _ in onn_weights(params)
+    ]
+    got = trainer_module._approx_residual(config, layers, params)
+    assert got == pytest.approx(max(residuals[index - 1] for index in layers), rel=1e-5)
+    assert min(residuals) > 0.05 and len(set(residuals)) == len(residuals)
 
 
 def test_tiny_scenario_reaches_exact_projected_accuracy(trained):

@@ -321,6 +321,34 @@ def diag_unitary_residual(W: ArrayLike, *, side: Side = "left", refine_steps: in
     """
     W = _check_inputs(W, side, refine_steps)  # once: the projection below is the core's
     projected = _to_matrix(_factors(W, _diag_left(W.shape, side), refine_steps), W.shape)
-    error = jnp.linalg.norm(W - projected)
+    return relative_residual(W, projected)
+
+
+def relative_residual(W: ArrayLike, approx: ArrayLike) -> jax.Array:
+    """How far ``approx`` is from ``W``, relative to the size of ``W``.
+
+    ``||W - approx||_F / ||W||_F``; 0 for the zero ``W`` (:func:`diag_unitary_residual`
+    is this with ``approx`` the projection of ``W``). Jittable.
+
+    Args:
+        W: ``[M, N]`` real matrix, float32 or float64.
+        approx: its approximation, the same shape.
+
+    Returns:
+        Scalar, the dtype of ``W``.
+
+    Raises:
+        ValueError: if the shapes differ.
+
+    Examples:
+        >>> round(float(relative_residual(jnp.array([[3.0, 4.0]]), jnp.array([[3.0, 3.0]]))), 6)
+        0.2
+        >>> float(relative_residual(jnp.zeros((2, 2)), jnp.ones((2, 2))))
+        0.0
+    """
+    W, approx = jnp.asarray(W), jnp.asarray(approx)
+    if W.shape != approx.shape:
+        raise ValueError(f"approx has shape {approx.shape}; expected the shape of W, {W.shape}")
+    error = jnp.linalg.norm(W - approx)
     norm = jnp.linalg.norm(W)
     return jnp.where(norm > 0, error / jnp.where(norm > 0, norm, 1), 0).astype(W.dtype)
