@@ -5,10 +5,12 @@
    a candidate recipe (``--candidate``, TrainConfig fields as JSON; default the 8b4s
    preset, what ``make demo`` trains), each with seeds 0 and 1, alternating, in one run,
    every run in a fresh Python process as ``make demo`` (``--same-process``: in this one,
-   sharing compiled programs); ``--revision REV`` adds ``make demo`` as commit REV trained
-   it (its ``optinc train`` from a git worktree). Reports the epoch and training seconds of
-   the first projected 100 % (``first_full_accuracy``), the smallest decision margin where
-   each run stopped, and the ratios of the median times.
+   sharing compiled programs; the preset then runs as this tree's ``optinc train``, what
+   ``make demo`` runs); ``--revision REV`` adds ``make demo`` as commit REV trained it (its
+   ``optinc train`` from a git worktree). Reports the epoch and training seconds of the
+   first projected 100 % (``first_full_accuracy``), the smallest decision margin where
+   each run stopped, the wall seconds of each run's process from start to exit (what a
+   person waits for), and the ratios of the median times.
 2. ``scaling``: for every Table I scenario, the cost of an epoch's parts measured on this
    machine (optimizer steps at the preset's batch size, or each of ``--batch-sizes``, the
    scoring pass per sample, one projection of the approximated matrices) and the epoch
@@ -85,13 +87,14 @@ class SubsetDataset(NamedTuple):
 
 
 class Revision(NamedTuple):
-    """``make demo`` as an earlier commit trained it.
+    """``make demo`` as a commit trained it.
 
     That commit's ``optinc train`` (its default config and code), run from a git worktree
-    of this repository.
+    of this repository; ``rev=None``: this working tree's own ``optinc train``, what
+    ``make demo`` runs now.
     """
 
-    rev: str
+    rev: str | None
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -124,6 +127,12 @@ def _row(label: str, seed: int, record: dict) -> dict:
         "train_seconds": record["train_seconds"],
         "stop_margin": margins[-1] if margins else None,
     }
+
+
+def _timed(function, *args) -> tuple[Any, float]:
+    """``function(*args)`` and the wall seconds it took."""
+    tic = time.perf_counter()
+    return function(*args), time.perf_counter() - tic
 
 
 def _run_child(command: list[str], env: dict | None = None) -> str:
@@ -204,7 +213,9 @@ def time_to_full_accuracy(
     Returns:
         One dict per run: ``label, seed, first_full_accuracy, epochs, accuracy,
         train_seconds, stop_margin`` (the smallest decision margin at the last evaluation;
-        ``None`` for a revision that did not record it).
+        ``None`` for a revision that did not record it) and ``process_seconds``, the wall
+        time of the run's child process from its start to its exit (imports, set-up, the
+        training to its stop, the final report; ``None`` in this process).
     """
     rows = []
     with contextlib.ExitStack() as stack:
@@ -214,14 +225,15 @@ def time_to_full_accuracy(
             if isinstance(config, Revision)
         }
         for seed, (label, config) in itertools.product(seeds, configs.items()):
+            process_seconds = None
             if isinstance(config, Revision):
-                record = _revision_in_child(worktrees[label], seed)
+                record, process_seconds = _timed(_revision_in_child, worktrees[label], seed)
             elif fresh_process:
-                record = _train_in_child(config, seed)
+                record, process_seconds = _timed(_train_in_child, config, seed)
             else:
                 with tempfile.TemporaryDirectory() as workdir:
                     record = train_onn(config.replace(seed=seed), workdir, progress=False).record
-            rows.append(_row(label, seed, record))
+            rows.append({**_row(label, seed, record), "process_seconds": process_seconds})
             first, margin = rows[-1]["first_full_accuracy"], rows[-1]["stop_margin"]
             print(
                 f"{label}, seed {seed}: "
@@ -232,6 +244,7 @@ def time_to_full_accuracy(
                 )
                 + f" (final {100 * rows[-1]['accuracy']:.4f} %"
                 + ("" if margin is None else f", margin {margin:.3f}")
+                + ("" if process_seconds is None else f", process {process_seconds:.1f} s")
                 + ")",
                 flush=True,
             )
@@ -239,8 +252,14 @@ def time_to_full_accuracy(
 
 
 @contextlib.contextmanager
-def _worktree(rev: str):
-    """A temporary detached git worktree of this repository at ``rev`` (removed after)."""
+def _worktree(rev: str | None):
+    """A temporary detached git worktree of this repository at ``rev`` (removed after).
+
+    ``None``: the repository itself, as it is.
+    """
+    if rev is None:
+        yield REPOSITORY
+        return
     with tempfile.TemporaryDirectory() as parent:
         path = Path(parent) / "worktree"
         added = subprocess.run(
@@ -444,10 +463,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "environment": machine_environment(),
     }
     if not args.skip_demo:
+        # fresh processes: the preset as make demo trains it, this tree's optinc train
+        preset = Revision(None) if not args.same_process else TrainConfig.for_scenario("8b4s")
         configs = {
             "uniform, TrainConfig() (baseline)": TrainConfig(),
             **(
-                {"8b4s preset (make demo)": TrainConfig.for_scenario("8b4s")}
+                {"8b4s preset (make demo)": preset}
                 if args.candidate is None
                 else {f"candidate {args.candidate}": TrainConfig(**json.loads(args.candidate))}
             ),
@@ -471,22 +492,40 @@ def main(argv: Sequence[str] | None = None) -> None:
             ]
             medians[label] = None if None in times else statistics.median(times)
         baseline, candidate, *revision = medians.values()
+        processes = {
+            label: statistics.median(times)
+            if None not in (times := [r["process_seconds"] for r in rows if r["label"] == label])
+            else None
+            for label in configs
+        }
+        whole_baseline, whole_candidate, *whole_revision = processes.values()
         report["demo"] = {
             "fresh_process": not args.same_process,
             "runs": rows,
             "median_seconds": medians,
             # None when a run of either recipe never reached 100 %
             "time_ratio": candidate / baseline if baseline and candidate else None,
+            # the whole run as a person waits for it (None in one process)
+            "median_process_seconds": processes,
+            "process_ratio": (
+                whole_candidate / whole_baseline if whole_baseline and whole_candidate else None
+            ),
         }
         print(f"time to 100 %, candidate / baseline: {report['demo']['time_ratio']}")
+        print(f"whole process, candidate / baseline: {report['demo']['process_ratio']}")
         if revision:
-            old = revision[0]
+            old, whole_old = revision[0], whole_revision[0]
             report["demo"]["revision"] = args.revision
             report["demo"]["time_ratio_to_revision"] = (
                 candidate / old if old and candidate else None
             )
+            report["demo"]["process_ratio_to_revision"] = (
+                whole_candidate / whole_old if whole_old and whole_candidate else None
+            )
             ratio = report["demo"]["time_ratio_to_revision"]
             print(f"time to 100 %, candidate / {args.revision}: {ratio}")
+            ratio = report["demo"]["process_ratio_to_revision"]
+            print(f"whole process, candidate / {args.revision}: {ratio}")
     if not args.skip_scaling:
         report["scaling"] = []
         for name in args.scenarios.split(","):

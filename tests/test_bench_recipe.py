@@ -40,12 +40,14 @@ def test_time_to_full_accuracy_records_every_run():
     assert [(r["label"], r["seed"]) for r in rows] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     for row in rows:
         assert row["epochs"] == 2 and 0 <= row["accuracy"] <= 1
+        assert row["process_seconds"] > row["train_seconds"]  # the child's whole life
         # the recorded first 100 % is consistent with the final accuracy
         assert (row["first_full_accuracy"] is not None) >= (row["accuracy"] == 1.0)
     # the children (which register the scenario from its JSON) train what this process does
     here = bench_recipe.time_to_full_accuracy(configs, [0, 1], fresh_process=False)
     for child, same in zip(rows, here, strict=True):
         assert (child["accuracy"], child["stop_margin"]) == (same["accuracy"], same["stop_margin"])
+        assert same["process_seconds"] is None
 
 
 @pytest.mark.slow
@@ -62,3 +64,9 @@ def test_a_revision_runs_that_commits_demo():
 def test_an_unknown_revision_is_one_clear_error():
     with pytest.raises(RuntimeError, match="'no-such-revision': git worktree add failed"):
         bench_recipe.time_to_full_accuracy({"old": bench_recipe.Revision("no-such-revision")}, [0])
+
+
+def test_the_working_tree_is_the_revision_none():
+    # make demo as this tree runs it: no worktree, the repository itself
+    with bench_recipe._worktree(None) as path:
+        assert path == bench_recipe.REPOSITORY and (path / "src" / "optinc_jax").is_dir()
