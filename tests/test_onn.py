@@ -89,3 +89,34 @@ def test_every_matrix_product_runs_in_full_float32():
     assert len(forward) == 3 and len(backward) >= 3 + 2 * 2
     for line in forward + backward:
         assert "precision = [HIGHEST, HIGHEST]" in line, line
+
+
+@pytest.mark.parametrize(
+    ("layers", "symbols_per_input"), [((4, 8, 4), 1), ((4, 64, 128, 64, 8), 2), ((2, 3), 1)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1, 2**31, 2**32 + 5])
+def test_build_onn_initializes_as_the_eager_module_does(layers, symbols_per_input, seed):
+    # one compiled initialization (int32 seeds) or the eager one beyond: the same arrays,
+    # dtypes and maps as constructing the module directly
+    scale = 4.0**symbols_per_input - 1.0
+    eager = ONN(
+        layers,
+        rngs=nnx.Rngs(seed),
+        input_shift=scale / 2,
+        input_scale=2 / scale,
+        output_shift=1.5,
+        output_scale=1.5,
+    )
+    built = build_onn(layers, symbols_per_input=symbols_per_input, seed=seed)
+    chex.assert_trees_all_equal(nnx.state(built), nnx.state(eager))
+    chex.assert_trees_all_equal_dtypes(nnx.state(built), nnx.state(eager))
+    assert (built.input_shift, built.input_scale) == (eager.input_shift, eager.input_scale)
+    assert built.layer_sizes == layers
+    x = jnp.linspace(0, scale, 3 * layers[0]).reshape(3, layers[0])
+    np.testing.assert_array_equal(built(x), eager(x))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_build_onn_refuses_a_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        build_onn((4, 8, 4), symbols_per_input=1, seed=seed)
