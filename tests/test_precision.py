@@ -180,6 +180,8 @@ train_onn(config, sys.argv[1], progress=False)
 """
 
 
+# slow (about 26 s): the parts' own tests above cover each program; this is the whole run
+@pytest.mark.slow
 def test_a_whole_training_run_compiles_every_float32_product_in_full_precision(tmp_path):
     # End to end: every program XLA compiles in a short run (the epochs with focused draws,
     # both loss stages, the scoring pass, the projection, the finishing, the refit, the

@@ -72,6 +72,8 @@ def test_time_limit_stops_after_an_epoch(tmp_path, capsys):
     assert "correct" not in report
 
 
+# slow (about 24 s, two 8b4s processes): the sequential path is tested above
+@pytest.mark.slow
 def test_parallel_variants_train_in_their_own_processes(tmp_path):
     variants = {
         name: {"epochs": 1, "steps_per_epoch": 2, "seed": seed} for seed, name in enumerate("ab")
