@@ -23,9 +23,10 @@ They use the package's public functions only.
 """
 
 import os
-import platform
-from pathlib import Path
 from typing import Any
+
+# re-exported; neither module imports JAX when imported (force_host_devices must run first)
+from optinc_jax.learning.machine import cpu_model, machine_description
 
 __all__ = ["cpu_model", "force_host_devices", "machine_environment"]
 
@@ -40,21 +41,6 @@ def force_host_devices(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """The CPU's model name from ``cpuinfo`` (Linux), else ``platform.processor()``.
-
-    ``None`` when neither names it.
-    """
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def machine_environment() -> dict[str, Any]:
     """What a timing depends on besides the code: JAX, the devices, the CPU and its load.
 
@@ -62,16 +48,4 @@ def machine_environment() -> dict[str, Any]:
     the machine it came from (the same seed can train differently on another CPU).
     Imports JAX: call it after :func:`force_host_devices`.
     """
-    import jax
-
-    return {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0]),
-        "device_count": jax.device_count(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "platform": platform.platform(),
-        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-    }
+    return {**machine_description(), "load_average_1min": os.getloadavg()[0]}

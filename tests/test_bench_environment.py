@@ -5,25 +5,13 @@ import os
 
 import jax
 
+import optinc_jax
 from benchmarks import cpu_model, machine_environment
 
 
-def test_cpu_model_reads_the_model_name_line(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(
-        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n"
-    )
-    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
-
-
-def test_cpu_model_without_the_line_or_the_file_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setattr("platform.processor", lambda: "")
-    empty = tmp_path / "cpuinfo"
-    empty.write_text("processor\t: 0\nmodel name\t:   \n")
-    assert cpu_model(empty) is None
-    assert cpu_model(tmp_path / "absent") is None
-    monkeypatch.setattr("platform.processor", lambda: "x86_64")
-    assert cpu_model(tmp_path / "absent") == "x86_64"
+def test_the_cpu_model_is_the_package_s():
+    # one copy: the benchmarks re-export the function result.json uses
+    assert cpu_model is optinc_jax.cpu_model
 
 
 def test_machine_environment_describes_this_process(monkeypatch):
@@ -36,5 +24,6 @@ def test_machine_environment_describes_this_process(monkeypatch):
     assert environment["cpu_count"] == os.cpu_count()
     assert environment["OPENBLAS_NUM_THREADS"] == "1"
     assert environment["load_average_1min"] >= 0
+    assert environment["cpu_model"] == cpu_model()
     # strict JSON, as every benchmark writes it
     assert json.loads(json.dumps(environment, allow_nan=False)) == environment

@@ -8,6 +8,7 @@ import pytest
 from optinc_jax import (
     export_arrays,
     load_exported,
+    machine_description,
     make_scenario,
     mlp_forward_numpy,
     onn_weights,
@@ -67,6 +68,7 @@ def test_tiny_scenario_reaches_exact_projected_accuracy(trained):
     assert record["accuracy"] == 1.0 and record["error_histogram"] == {}
     assert record["config"]["scenario"] == "test-4b2s" and record["epochs"] == result.epochs
     assert 0 < record["area_ratio"] < 1 and record["train_seconds"] > 0
+    assert record["machine"] == machine_description()  # the CPU the epochs depend on
     assert (tmp_path / "training.png").stat().st_size > 10_000
     # every selected matrix is exactly (to float error) of diag x unitary form
     for weight, _ in onn_weights(result.params):

@@ -163,6 +163,8 @@ _EXPORTS: dict[str, str] = {
     "evaluation_record": "learning.reporting",
     "plot_training_curve": "learning.reporting",
     "write_json_atomically": "learning.reporting",
+    "machine_description": "learning.machine",
+    "cpu_model": "learning.machine",
     "TrainState": "learning.step",
     "train_epoch": "learning.step",
     "LoadedRun": "learning.trainer",

@@ -9,7 +9,8 @@ configuration and
 schedules (``config``), one jitted training epoch on any
 dataset (``step``), runs with resume and reload (``trainer``), exact exhaustive evaluation
 (``evaluate``), atomic checkpoints (``checkpoint``), export to plain arrays (``export``) and
-the JSON record, figure and atomic JSON writer (``reporting``). What it may import: the
+the JSON record, figure and atomic JSON writer (``reporting``) and the machine a result
+came from (``machine``). What it may import: the
 photonics and encoding floors, ``optinc_jax.scenarios``, ``optinc_jax.paper`` and the
 ground-floor validators; never the network floor or the CLI. A test parses every import
 and enforces this.

@@ -74,6 +74,7 @@ from optinc_jax.learning.finetune import (
 from optinc_jax.learning.finish import finish_on_hard_set
 from optinc_jax.learning.focus import HardSet, compile_hard_samples, find_hard_samples
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
+from optinc_jax.learning.machine import machine_description
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn, onn_weights
 from optinc_jax.learning.projection import projection_diag_unitary
 from optinc_jax.learning.refit import refit_last_layer, with_last_layer
@@ -777,6 +778,8 @@ def _train_locked(
         "train_seconds": train_seconds,
         "first_full_accuracy": first_full,
         "device": jax.devices()[0].platform,
+        # the CPU model matters: XLA's float rounding, and so the epochs, differ between CPUs
+        "machine": machine_description(),
         "devices": 1 if mesh is None else mesh.size,
         "dataset": _dataset_description(dataset),
         **_training_set_description(setup),
