@@ -1,4 +1,4 @@
-"""The machine description every result.json records (optinc_jax.learning.machine)."""
+"""What every result.json records about where it ran (optinc_jax.machine_description)."""
 
 import json
 import os
@@ -48,8 +48,9 @@ def test_machine_description_describes_this_process(monkeypatch):
 
 
 def test_importing_it_leaves_jax_unimported():
-    # benchmarks import it before force_host_devices, which must precede JAX
-    code = "import optinc_jax.learning.machine, benchmarks, sys; print('jax' in sys.modules)"
+    # the benchmarks import cpu_model from the package before force_host_devices, which
+    # must precede JAX
+    code = "import benchmarks, sys; print('jax' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
