@@ -26,13 +26,19 @@ BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 @contextlib.contextmanager
-def _compiling_threads():
-    """From empty caches: the name of the thread of every backend compilation inside."""
+def _compiling_threads(programs: list | None = None):
+    """From empty caches: the name of the thread of every backend compilation inside.
+
+    ``programs``, if given, receives ``(thread name, program name)`` of each.
+    """
     threads = []
 
-    def listen(event, _duration, **_kwargs):
+    def listen(event, _duration, **kwargs):
         if event == BACKEND_COMPILE:
             threads.append(threading.current_thread().name)
+            if programs is not None:
+                name = str(kwargs.get("fun_name"))  # "jit(train_epoch)"
+                programs.append((threads[-1], name.removeprefix("jit(").removesuffix(")")))
 
     jax.clear_caches()
     jax.monitoring.register_event_duration_secs_listener(listen)
@@ -42,29 +48,53 @@ def _compiling_threads():
         jax.monitoring.unregister_event_duration_listener(listen)
 
 
-def _train(config, workdir, compile_ahead: bool):
+def _train(config, workdir, compile_ahead: bool, programs: list | None = None):
     """The run from empty caches, and the thread of every backend compilation."""
-    with _compiling_threads() as threads:
+    with _compiling_threads(programs) as threads:
         result = train_onn(config, workdir, progress=False, compile_ahead=compile_ahead)
     return result, threads
+
+
+def _assert_same_run(a, b):
+    """The same computation: every loss, every evaluation and the final parameters."""
+    assert a.record["history"] == b.record["history"]
+    assert a.evaluation.correct == b.evaluation.correct
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # every epoch evaluated; or the first not (the scoring pass compiled ahead all the same)
 @pytest.mark.parametrize("config", [CONFIG, CONFIG.replace(stage1_eval_every=2)])
 def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path, config):
-    ahead, ahead_threads = _train(config, tmp_path / "ahead", True)
+    programs = []
+    ahead, ahead_threads = _train(config, tmp_path / "ahead", True, programs)
     plain, plain_threads = _train(config, tmp_path / "plain", False)
-    # the same computation: every loss, every evaluation and the final parameters
-    assert ahead.record["history"] == plain.record["history"]
-    assert ahead.evaluation.correct == plain.evaluation.correct
-    for a, b in zip(jax.tree.leaves(ahead.params), jax.tree.leaves(plain.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # the same programs, none twice: some moved to the second thread (the stage-2 epoch,
-    # the focused epoch, the scoring pass, the projection)
+    _assert_same_run(ahead, plain)
+    # the same programs, none twice: some moved to the second thread (the three epochs,
+    # the scoring pass, the projection, the finiteness check, the epoch keys)
     assert "MainThread" in plain_threads and set(plain_threads) == {"MainThread"}
     moved = [name for name in ahead_threads if name.startswith("ahead")]
-    assert len(moved) >= 4
+    assert len(moved) >= 7
     assert len(ahead_threads) == len(plain_threads)
+    # every epoch program (stage 1, stage 1 focused, stage 2) compiled while the main thread
+    # did something else: the first one while it computed the initial parameters
+    epochs = [thread for thread, program in programs if program == "train_epoch"]
+    assert len(epochs) == 3 and all(thread.startswith("ahead") for thread in epochs)
+    on_main = {program for thread, program in programs if thread == "MainThread"}
+    assert not on_main & {"train_epoch", "_all_finite", "_project", "_score"}
+
+
+def test_a_directory_left_without_a_checkpoint_compiles_its_first_epoch_itself(tmp_path):
+    # a run killed before its first checkpoint leaves the folder: trained from the start,
+    # the first epoch compiled on the main thread, what follows it ahead
+    (tmp_path / "ahead" / "checkpoints").mkdir(parents=True)
+    programs = []
+    ahead, _ = _train(CONFIG, tmp_path / "ahead", True, programs)
+    plain, _ = _train(CONFIG, tmp_path / "plain", False)
+    _assert_same_run(ahead, plain)
+    epochs = [thread for thread, program in programs if program == "train_epoch"]
+    assert epochs[0] == "MainThread" and len(epochs) == 3
+    assert all(thread.startswith("ahead") for thread in epochs[1:])
 
 
 def test_a_resumed_run_compiles_on_its_own_thread_to_the_same_result(tmp_path, train_killed_after):

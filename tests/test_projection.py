@@ -1,8 +1,15 @@
+import jax
 import numpy as np
+import pytest
 from flax import nnx
 
-from optinc_jax import ONN, onn_apply_fn, onn_weights
-from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax import (
+    ONN,
+    compile_projection_diag_unitary,
+    onn_apply_fn,
+    onn_weights,
+    projection_diag_unitary,
+)
 from optinc_jax.photonics.approx import approx_diag_unitary
 
 
@@ -27,3 +34,48 @@ def test_projection_is_idempotent():
     again = projection_diag_unitary(params, (1, 2, 3))
     for (w0, _), (w1, _) in zip(onn_weights(params), onn_weights(again), strict=True):
         np.testing.assert_allclose(w0, w1, atol=2e-5)
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+def _compilations(action) -> int:
+    """Backend compilations while ``action()`` runs."""
+    count = []
+
+    def listen(event, _duration, **_kwargs):
+        if event == BACKEND_COMPILE:
+            count.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        action()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return len(count)
+
+
+def test_compiling_the_projection_ahead_leaves_nothing_to_compile_for_the_call():
+    params = _params()
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    jax.clear_caches()
+    assert _compilations(lambda: compile_projection_diag_unitary(shapes, (3, 1), side="right")) >= 1
+    # the same program as the call with concrete parameters, the selection in any order
+    assert _compilations(lambda: projection_diag_unitary(params, (1, 3), side="right")) == 0
+    # another selection is another program
+    assert _compilations(lambda: projection_diag_unitary(params, (1, 2), side="right")) >= 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"approx_layers": (0,)}, "every approx index"),
+        ({"approx_layers": (1,), "side": "up"}, "side"),
+        ({"approx_layers": (1,), "refine_steps": -1}, "refine_steps"),
+    ],
+)
+def test_compiling_ahead_refuses_what_the_projection_refuses(arguments, message):
+    params = _params()
+    for function in (projection_diag_unitary, compile_projection_diag_unitary):
+        with pytest.raises(ValueError, match=message):
+            function(params, **arguments)

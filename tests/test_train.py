@@ -181,6 +181,44 @@ def test_epoch_is_compiled_once_per_stage_and_reused_by_an_equal_run(tmp_path):
     assert step_module.train_epoch._cache_size() - before == 2
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        TINY.replace(pad_levels=1, bias_learning_rate_scale=2.0, stage2_learning_rate_scale=0.5),
+    ],
+    ids=["plain", "padded-biases-scaled"],
+)
+def test_the_abstract_set_up_has_the_run_s_shapes_and_compiles_nothing(config):
+    compiled = []
+
+    def listen(event, _duration, **_kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        shapes = build_training(config, abstract=True)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+    setup = build_training(config)
+    leaves = jax.tree.leaves(shapes.initial_state)
+    assert leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+    assert jax.tree.structure(shapes.initial_state) == jax.tree.structure(setup.initial_state)
+
+    def described(tree):
+        return jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type), tree)
+
+    assert described(shapes.initial_state) == described(setup.initial_state)
+    # the same forward (what the compiled programs are keyed by) and the same data
+    assert shapes.apply_fn == setup.apply_fn and hash(shapes.apply_fn) == hash(setup.apply_fn)
+    assert shapes.steps_per_epoch == setup.steps_per_epoch
+    assert shapes.train_dataset.size == setup.train_dataset.size
+    assert shapes.judged_range() == setup.judged_range()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "config",

@@ -142,6 +142,7 @@ _EXPORTS: dict[str, str] = {
     "leaky_relu": "learning.onn",
     "onn_weights": "learning.onn",
     "weight_matrix_index": "learning.onn",
+    "compile_projection_diag_unitary": "learning.projection",
     "projection_diag_unitary": "learning.projection",
     "FinishResult": "learning.finish",
     "finish_on_hard_set": "learning.finish",

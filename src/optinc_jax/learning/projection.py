@@ -16,7 +16,7 @@ from optinc_jax.learning.onn import weight_matrix_index
 from optinc_jax.photonics.approx import approx_diag_unitary
 from optinc_jax.validation import require_choice, require_int
 
-__all__ = ["projection_diag_unitary"]
+__all__ = ["compile_projection_diag_unitary", "projection_diag_unitary"]
 
 
 @partial(jax.jit, static_argnames=("approx_layers", "side", "refine_steps"))
@@ -58,9 +58,41 @@ def projection_diag_unitary(
     Raises:
         ValueError: on a non-positive index, an unknown ``side`` or negative refinements.
     """
+    return _project(params, *_projection_arguments(approx_layers, side, refine_steps))
+
+
+def compile_projection_diag_unitary(
+    params,
+    approx_layers: Sequence[int],
+    *,
+    side: Literal["left", "right"] = "left",
+    refine_steps: int = 0,
+) -> None:
+    """Compiles :func:`projection_diag_unitary` for these arguments, without running it.
+
+    A later call with parameters of the same shapes and dtypes (uncommitted, on one device)
+    and the same other arguments reuses the compilation: the trainer compiles it on a second
+    thread while the run is set up.
+
+    Args:
+        params: the parameters, or their ``jax.ShapeDtypeStruct`` pytree.
+        approx_layers: as for :func:`projection_diag_unitary`.
+        side: as for :func:`projection_diag_unitary`.
+        refine_steps: as for :func:`projection_diag_unitary`.
+
+    Raises:
+        ValueError: as :func:`projection_diag_unitary`.
+    """
+    _project.lower(params, *_projection_arguments(approx_layers, side, refine_steps)).compile()
+
+
+def _projection_arguments(
+    approx_layers: Sequence[int], side: str, refine_steps: int
+) -> tuple[tuple[int, ...], str, int]:
+    """The validated static arguments of ``_project``: sorted unique indices, side, steps."""
     approx_layers = tuple(
         sorted({require_int("every approx index", index, 1) for index in approx_layers})
     )
     side = require_choice("side", side, ("left", "right"))
     refine_steps = require_int("refine_steps", refine_steps, 0)
-    return _project(params, approx_layers, side, refine_steps)
+    return approx_layers, side, refine_steps

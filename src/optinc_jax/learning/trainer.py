@@ -22,9 +22,10 @@ within ``focus_margin`` of a threshold and the smallest margin in the history; t
 histogram is evaluated once, at the end. With ``TrainConfig.focus_fraction > 0`` a share
 of each following minibatch is drawn from those wrong and low-margin inputs.
 
-A fresh run on one device compiles the programs it needs after its first epoch (the
-scoring pass, the projection, the focused and the stage-2 epochs) on a second thread while
-its first epoch compiles and runs (``compile_ahead``): the same programs, none twice.
+A fresh run on one device compiles its programs on a second thread (``compile_ahead``):
+the first epoch while the initial parameters are computed (from the shapes of
+``build_training(..., abstract=True)``), then the projection, the scoring pass, the focused
+and the stage-2 epochs while the first epochs run: the same programs, none twice.
 
 A run is safe to leave alone: one writer holds the run directory's lock for the run's
 lifetime (:mod:`optinc_jax.learning.run_lock`); a configuration that cannot fit in memory is
@@ -76,7 +77,10 @@ from optinc_jax.learning.focus import HardSet, compile_hard_samples, find_hard_s
 from optinc_jax.learning.footprint import require_fits_memory, training_footprint
 from optinc_jax.learning.machine import machine_description
 from optinc_jax.learning.onn import ONN, ONNApply, build_onn, onn_apply_fn, onn_weights
-from optinc_jax.learning.projection import projection_diag_unitary
+from optinc_jax.learning.projection import (
+    compile_projection_diag_unitary,
+    projection_diag_unitary,
+)
 from optinc_jax.learning.refit import refit_last_layer, with_last_layer
 from optinc_jax.learning.reporting import (
     evaluation_record,
@@ -146,12 +150,13 @@ class TrainingDiverged(RuntimeError):
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     """Whether every floating leaf of ``tree`` is free of NaN and infinity (one scalar)."""
-    flags = [
-        jnp.all(jnp.isfinite(leaf))
+    leaves = [
+        jnp.ravel(leaf)
         for leaf in jax.tree_util.tree_leaves(tree)
         if jnp.issubdtype(leaf.dtype, jnp.inexact)
     ]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+    # one reduction over the joined leaves: compiles in a third of the time of one per leaf
+    return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.bool_(True)
 
 
 class TrainingSetup(NamedTuple):
@@ -188,13 +193,18 @@ class TrainingSetup(NamedTuple):
         return self.train_dataset.grid_range()
 
 
-def build_training(config: TrainConfig, dataset: Dataset | None = None) -> TrainingSetup:
+def build_training(
+    config: TrainConfig, dataset: Dataset | None = None, *, abstract: bool = False
+) -> TrainingSetup:
     """The scenario, dataset, model and initial state a config describes.
 
     Args:
         config: the run's configuration.
         dataset: the training set; ``None`` for the scenario's exhaustive grid. Its
             ``bits`` must equal the scenario's (the ONN has ``bits / 2`` outputs).
+        abstract: the model's parameters and the initial state as ``jax.ShapeDtypeStruct``
+            leaves, computing nothing (what compiling the run's programs ahead needs);
+            everything else as without it.
 
     Returns:
         The :class:`TrainingSetup`; with ``config.pad_levels`` it trains on the padded
@@ -221,9 +231,14 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
     train_dataset = make_padded_grid(dataset, config.pad_levels) if config.pad_levels else dataset
     steps = steps_per_epoch(config, train_dataset.size)
     symbols_per_input = scenario.bits // 2 // scenario.inputs
-    model = build_onn(scenario.layers, symbols_per_input=symbols_per_input, seed=config.seed)
+
+    def make_model():
+        return build_onn(scenario.layers, symbols_per_input=symbols_per_input, seed=config.seed)
+
+    model = nnx.eval_shape(make_model) if abstract else make_model()
     apply_fn, params = onn_apply_fn(model)
     tx = make_optimizer(config, config.epochs * steps)
+    opt_state = jax.eval_shape(tx.init, params) if abstract else tx.init(params)
     return TrainingSetup(
         scenario,
         approx_layers,
@@ -231,7 +246,7 @@ def build_training(config: TrainConfig, dataset: Dataset | None = None) -> Train
         steps,
         model,
         apply_fn,
-        TrainState(params, tx.init(params)),
+        TrainState(params, opt_state),
         train_dataset,
     )
 
@@ -245,36 +260,40 @@ def _project(config: TrainConfig, approx_layers: tuple[int, ...], params):
 def _compile_ahead(
     config: TrainConfig,
     setup: "TrainingSetup",
-    state: TrainState,
     classes: TargetClasses | None,
+    *,
+    first_epoch: bool,
 ) -> list[tuple[int, concurrent.futures.Future]]:
-    """Compiles, on a second thread, what a fresh one-device run needs after its first epoch.
+    """Compiles, on a second thread, the programs a fresh one-device run needs.
 
-    While the first epoch compiles (one core of a 2-core CPU busy), the thread compiles
-    what follows it: the finiteness check and the projection (run once on a copy of the
-    starting parameters: cheap), the scoring pass (compiled only), then the epochs that
-    come later with other arguments (the focused stage-1 epoch, the stage-2 epoch). The
-    run waits for each before it would need it (the scoring pass and the focused epoch
-    before its first evaluation, which a sparse stage 1 puts after a few epochs), so
-    nothing is compiled twice. Nothing the run computes changes: the same programs are
-    compiled, off its critical path.
+    With ``first_epoch`` the thread starts while the run is set up (its initial parameters
+    compiled and computed on the calling thread) and first compiles the first epoch and
+    the epoch keys; without it the thread starts when the first epoch does, and the run
+    compiles that epoch itself. Then, in the order the run needs them: the finiteness check and the
+    projection, the scoring pass, the epochs that come later with other arguments (the
+    focused stage-1 epoch, the stage-2 epoch). Everything is compiled from shapes alone
+    and the run waits for each program before it would need it (the scoring pass and the
+    focused epoch before its first evaluation, which a sparse stage 1 puts after a few
+    epochs), so nothing is compiled twice. Nothing the run computes changes: the same
+    programs are compiled, off its critical path.
 
     Args:
         config: the run's configuration.
-        setup: the run's :class:`TrainingSetup`.
-        state: the initial state (its parameters are copied to the host first and its
-            structure kept: the run donates it to its first epoch).
+        setup: the run's :class:`TrainingSetup`, abstract (``build_training(...,
+            abstract=True)``) or not: only the shapes and dtypes of its initial state count.
         classes: the balanced draw's target classes of the run (or ``None``).
+        first_epoch: also compile the first epoch (and the keys it draws with).
 
     Returns:
-        ``[(epoch, future)]``: wait for ``future`` once ``epoch`` epochs are done;
-        ``result()`` re-raises what failed in the thread.
+        ``[(epoch, future)]``: wait for ``future`` before the epoch after ``epoch`` epochs
+        runs (``epoch`` 0: before the first) and before anything else that follows
+        ``epoch`` epochs; ``result()`` re-raises what failed in the thread.
     """
-    host_params = jax.device_get(state.params)
     # no sharding: as the run's own arrays on one device (a committed sharding would make
     # it another program)
     structure = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type), state
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type),
+        setup.initial_state,
     )
     first = 1
     hard = None
@@ -284,17 +303,24 @@ def _compile_ahead(
             jax.ShapeDtypeStruct((size,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
         )
 
+    def epoch_keys():
+        # the eager programs that make the epoch keys, as the run calls them
+        jax.random.fold_in(jax.random.key(config.seed), 0)
+
     def early():
-        params = jax.device_put(host_params)
-        bool(_all_finite(params))
+        _all_finite.lower(structure.params).compile()
         if projection_due(config, first):
-            params = _project(config, config.conditioned_layers(first), params)
-            bool(_all_finite(params))
+            compile_projection_diag_unitary(
+                structure.params,
+                config.conditioned_layers(first),
+                side=config.approx_side,
+                refine_steps=config.refine_steps,
+            )
 
     def compile_scoring():
         compile_hard_samples(
             setup.apply_fn,
-            jax.device_put(host_params),
+            structure.params,
             setup.train_dataset,
             margin=config.focus_margin,
             chunk_size=config.eval_chunk_size or default_chunk_size(),
@@ -314,11 +340,15 @@ def _compile_ahead(
             mesh=None,
             hard=hard,
             classes=classes,
-            leak=None if leak is None else jnp.float32(leak),
+            leak=None if leak is None else jax.ShapeDtypeStruct((), jnp.float32),
         ).compile()
 
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
-    futures = [(first, executor.submit(early))]
+    futures = []
+    if first_epoch:
+        futures.append((0, executor.submit(compile_epoch, 0, None)))
+        futures.append((0, executor.submit(epoch_keys)))
+    futures.append((first, executor.submit(early)))
     # the scoring pass is awaited only before the first epoch that scores (stage 1 may be
     # evaluated every few epochs: the run goes on meanwhile)
     scored = [epoch for epoch in range(first, config.epochs) if config.evaluation_due(epoch)]
@@ -333,6 +363,15 @@ def _compile_ahead(
         )
     executor.shutdown(wait=False)
     return futures
+
+
+def _await_compiled(
+    ahead: list[tuple[int, concurrent.futures.Future]], epoch: int
+) -> list[tuple[int, concurrent.futures.Future]]:
+    """Waits for the programs compiled ahead that follow ``epoch`` epochs; returns the rest."""
+    for _, future in (due := [item for item in ahead if item[0] <= epoch]):
+        future.result()
+    return [item for item in ahead if item not in due]
 
 
 def _hardware_params(config: TrainConfig, approx_layers: tuple[int, ...], epoch: int, params):
@@ -542,10 +581,13 @@ def train_onn(
             float reassociation in the gradient sum.
         dataset: the training and evaluation set; ``None`` for the scenario's exhaustive
             grid. Any :class:`~optinc_jax.encoding.dataset.Dataset` plugs in.
-        compile_ahead: a fresh run without a mesh compiles the programs it needs after
-            its first epoch (scoring, projection, the stage-2 epoch) on a second thread
-            while the first epoch runs; the result is the same either way (``False``: all
-            on this thread, when they are first needed).
+        compile_ahead: a fresh run without a mesh compiles its programs on a second
+            thread: its first epoch while the initial parameters are computed (in a
+            directory without a ``checkpoints`` folder and without balanced draws), what
+            follows it (projection, scoring, the stage-2 epoch) while the first epochs
+            run; the result is the same either way (``False``: all on this thread, when
+            they are first needed). The wait for the first epoch's compilation counts as
+            training time (``train_seconds``).
 
     Returns:
         The :class:`TrainResult`.
@@ -572,24 +614,35 @@ def train_onn(
                 f"batch_size {config.batch_size} is not divisible by the "
                 f"{mesh.shape[DATA_AXIS]} devices of the mesh's {DATA_AXIS!r} axis"
             )
-    setup = build_training(config, dataset)
+    shapes = build_training(config, dataset, abstract=True)
     footprint = training_footprint(
-        setup.scenario.layers,
-        bits=setup.dataset.bits,
-        dataset_size=setup.train_dataset.size,
+        shapes.scenario.layers,
+        bits=shapes.dataset.bits,
+        dataset_size=shapes.train_dataset.size,
         batch_size=config.batch_size,
-        steps_per_epoch=setup.steps_per_epoch,
+        steps_per_epoch=shapes.steps_per_epoch,
         eval_chunk_size=min(
-            config.eval_chunk_size or default_chunk_size(), setup.train_dataset.size
+            config.eval_chunk_size or default_chunk_size(), shapes.train_dataset.size
         ),
         permutation_limit=PERMUTATION_LIMIT,
     )
     require_fits_memory(
-        footprint, f"scenario {setup.scenario.name} with batch size {config.batch_size}"
+        footprint, f"scenario {shapes.scenario.name} with batch size {config.batch_size}"
     )
+    ahead = None
+    # A run directory without checkpoints trains from its first epoch: its programs compile
+    # on a second thread while this one computes the initial parameters (a balanced draw's
+    # classes, known only from the data, wait for the run).
+    try:
+        fresh = not (workdir / CHECKPOINT_DIR).exists()
+    except OSError:  # unreadable: the lock below reports it
+        fresh = False
+    if compile_ahead and mesh is None and fresh and config.balance_fraction == 0:
+        ahead = _compile_ahead(config, shapes, None, first_epoch=True)
+    setup = build_training(config, dataset)
     with run_directory_lock(workdir):
         return _train_locked(
-            config, workdir, setup, resume, progress, on_epoch_end, mesh, compile_ahead
+            config, workdir, setup, resume, progress, on_epoch_end, mesh, compile_ahead, ahead
         )
 
 
@@ -602,8 +655,13 @@ def _train_locked(
     on_epoch_end: Callable[[int, dict], None] | None,
     mesh: Mesh | None,
     compile_ahead: bool,
+    ahead: list[tuple[int, concurrent.futures.Future]] | None,
 ) -> TrainResult:
-    """The body of :func:`train_onn`, run while holding the run directory's lock."""
+    """The body of :func:`train_onn`, run while holding the run directory's lock.
+
+    ``ahead``: the programs being compiled since the set-up (:func:`_compile_ahead` with
+    ``first_epoch``), or ``None``: then a fresh one-device run starts compiling ahead here.
+    """
     scenario, approx_layers, dataset = setup.scenario, setup.approx_layers, setup.dataset
     apply_fn, steps = setup.apply_fn, setup.steps_per_epoch
     state = setup.initial_state
@@ -656,11 +714,19 @@ def _train_locked(
             # a resumed run draws what the uninterrupted one drew. A fresh run samples
             # uniformly until its first evaluation.
             hard, _ = _score_hard_samples(config, setup, start_epoch, state.params)
-        seed_key = jax.random.key(config.seed)
-        ahead = []
-        if compile_ahead and mesh is None and start_epoch == 0:
-            ahead = _compile_ahead(config, setup, state, draw_classes)
+        if start_epoch > 0:
+            ahead = []  # a directory another process filled meanwhile: compiled as needed
+        elif ahead is None:
+            ahead = []
+            if compile_ahead and mesh is None:
+                ahead = _compile_ahead(config, setup, draw_classes, first_epoch=False)
         bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
+        # the wait for the first epoch's compilation is training time (what the set-up
+        # did not overlap)
+        tic = time.perf_counter()
+        ahead = _await_compiled(ahead, epoch)
+        seed_key = jax.random.key(config.seed)
+        train_seconds += time.perf_counter() - tic
         while epoch < config.epochs and not done:
             tic = time.perf_counter()
             stage = 1 if epoch < config.switch_epoch else 2
@@ -681,9 +747,7 @@ def _train_locked(
             epoch += 1
             # what the next steps run is compiled (or compiling) on the second thread: wait
             # for it rather than compile it twice
-            for _, future in (due := [item for item in ahead if item[0] <= epoch]):
-                future.result()
-            ahead = [item for item in ahead if item not in due]
+            ahead = _await_compiled(ahead, epoch)
             loss = float(loss)
             finite = math.isfinite(loss) and bool(_all_finite(state.params))
             if finite and epoch <= config.revive_until:
