@@ -70,3 +70,13 @@ def test_the_working_tree_is_the_revision_none():
     # make demo as this tree runs it: no worktree, the repository itself
     with bench_recipe._worktree(None) as path:
         assert path == bench_recipe.REPOSITORY and (path / "src" / "optinc_jax").is_dir()
+
+
+def test_timed_children_run_without_the_persistent_compilation_cache(monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    env = bench_recipe.child_environment()
+    assert "JAX_COMPILATION_CACHE_DIR" not in env and env["OPENBLAS_NUM_THREADS"] == "1"
+    given = {"JAX_COMPILATION_CACHE_DIR": "/x", "PYTHONPATH": "src"}
+    assert bench_recipe.child_environment(given) == {"PYTHONPATH": "src"}
+    assert given == {"JAX_COMPILATION_CACHE_DIR": "/x", "PYTHONPATH": "src"}  # a copy
