@@ -629,18 +629,15 @@ def train_onn(
     require_fits_memory(
         footprint, f"scenario {shapes.scenario.name} with batch size {config.batch_size}"
     )
-    ahead = None
-    # A run directory without checkpoints trains from its first epoch: its programs compile
-    # on a second thread while this one computes the initial parameters (a balanced draw's
-    # classes, known only from the data, wait for the run).
-    try:
-        fresh = not (workdir / CHECKPOINT_DIR).exists()
-    except OSError:  # unreadable: the lock below reports it
-        fresh = False
-    if compile_ahead and mesh is None and fresh and config.balance_fraction == 0:
-        ahead = _compile_ahead(config, shapes, None, first_epoch=True)
-    setup = build_training(config, dataset)
     with run_directory_lock(workdir):
+        ahead = None
+        # A run directory without checkpoints trains from its first epoch: its programs
+        # compile on a second thread while this one computes the initial parameters (a
+        # balanced draw's classes, known only from the data, wait for the run).
+        fresh = not (workdir / CHECKPOINT_DIR).exists()
+        if compile_ahead and mesh is None and fresh and config.balance_fraction == 0:
+            ahead = _compile_ahead(config, shapes, None, first_epoch=True)
+        setup = build_training(config, dataset)
         return _train_locked(
             config, workdir, setup, resume, progress, on_epoch_end, mesh, compile_ahead, ahead
         )
@@ -714,11 +711,9 @@ def _train_locked(
             # a resumed run draws what the uninterrupted one drew. A fresh run samples
             # uniformly until its first evaluation.
             hard, _ = _score_hard_samples(config, setup, start_epoch, state.params)
-        if start_epoch > 0:
-            ahead = []  # a directory another process filled meanwhile: compiled as needed
-        elif ahead is None:
+        if ahead is None:
             ahead = []
-            if compile_ahead and mesh is None:
+            if compile_ahead and mesh is None and start_epoch == 0:
                 ahead = _compile_ahead(config, setup, draw_classes, first_epoch=False)
         bar = _progress_bar(config.epochs, start_epoch, progress, scenario.name)
         # the wait for the first epoch's compilation is training time (what the set-up
