@@ -1,6 +1,8 @@
 """Shared pytest configuration: strict numerics, deterministic hypothesis settings."""
 
+import contextlib
 import os
+import threading
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Multi-device code is tested on 8 virtual CPU devices; single-device code uses the first.
@@ -59,3 +61,37 @@ def train_killed_after():
             train_onn(config, workdir, progress=False, on_epoch_end=stop, **kwargs)
 
     return kill
+
+
+@contextlib.contextmanager
+def _recording_compilations(clear_caches: bool = True):
+    """Every backend compilation inside, as ``(thread name, program name)``.
+
+    The program name is the jitted function's (``"train_epoch"``, from JAX's
+    ``"jit(train_epoch)"``). ``clear_caches``: start from empty caches.
+    """
+    compiled = []
+
+    def listen(event, _duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            name = str(kwargs.get("fun_name")).removeprefix("jit(").removesuffix(")")
+            compiled.append((threading.current_thread().name, name))
+
+    if clear_caches:
+        jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.fixture
+def compilations():
+    """A recorder of every backend compilation inside a ``with`` block.
+
+    ``with compilations() as compiled:`` fills ``compiled`` with ``(thread name, program
+    name)`` per compilation; the caches are cleared first unless called as
+    ``compilations(clear_caches=False)``.
+    """
+    return _recording_compilations

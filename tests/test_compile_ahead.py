@@ -1,8 +1,5 @@
 """Compiling ahead on a second thread: the same run, and every program compiled once."""
 
-import contextlib
-import threading
-
 import jax
 import numpy as np
 import pytest
@@ -22,37 +19,13 @@ CONFIG = TrainConfig(
     focus_fraction=0.25,
     stop_at_full_accuracy=False,
 )
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
-@contextlib.contextmanager
-def _compiling_threads(programs: list | None = None):
-    """From empty caches: the name of the thread of every backend compilation inside.
-
-    ``programs``, if given, receives ``(thread name, program name)`` of each.
-    """
-    threads = []
-
-    def listen(event, _duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            threads.append(threading.current_thread().name)
-            if programs is not None:
-                name = str(kwargs.get("fun_name"))  # "jit(train_epoch)"
-                programs.append((threads[-1], name.removeprefix("jit(").removesuffix(")")))
-
-    jax.clear_caches()
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield threads
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-
-
-def _train(config, workdir, compile_ahead: bool, programs: list | None = None):
-    """The run from empty caches, and the thread of every backend compilation."""
-    with _compiling_threads(programs) as threads:
+def _train(config, workdir, compile_ahead: bool, compilations):
+    """The run from empty caches, and ``(thread, program)`` of every backend compilation."""
+    with compilations() as compiled:
         result = train_onn(config, workdir, progress=False, compile_ahead=compile_ahead)
-    return result, threads
+    return result, compiled
 
 
 def _assert_same_run(a, b):
@@ -63,46 +36,55 @@ def _assert_same_run(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _threads(compiled) -> list[str]:
+    return [thread for thread, _ in compiled]
+
+
 # every epoch evaluated; or the first not (the scoring pass compiled ahead all the same)
 @pytest.mark.parametrize("config", [CONFIG, CONFIG.replace(stage1_eval_every=2)])
-def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path, config):
-    programs = []
-    ahead, ahead_threads = _train(config, tmp_path / "ahead", True, programs)
-    plain, plain_threads = _train(config, tmp_path / "plain", False)
+def test_compiling_ahead_changes_nothing_but_the_thread(tmp_path, config, compilations):
+    ahead, ahead_compiled = _train(config, tmp_path / "ahead", True, compilations)
+    plain, plain_compiled = _train(config, tmp_path / "plain", False, compilations)
     _assert_same_run(ahead, plain)
     # the same programs, none twice: some moved to the second thread (the three epochs,
     # the scoring pass, the projection, the finiteness check, the epoch keys)
-    assert "MainThread" in plain_threads and set(plain_threads) == {"MainThread"}
-    moved = [name for name in ahead_threads if name.startswith("ahead")]
+    assert "MainThread" in _threads(plain_compiled)
+    assert set(_threads(plain_compiled)) == {"MainThread"}
+    moved = [name for name in _threads(ahead_compiled) if name.startswith("ahead")]
     assert len(moved) >= 7
-    assert len(ahead_threads) == len(plain_threads)
+    assert sorted(program for _, program in ahead_compiled) == sorted(
+        program for _, program in plain_compiled
+    )
     # every epoch program (stage 1, stage 1 focused, stage 2) compiled while the main thread
     # did something else: the first one while it computed the initial parameters
-    epochs = [thread for thread, program in programs if program == "train_epoch"]
+    epochs = [thread for thread, program in ahead_compiled if program == "train_epoch"]
     assert len(epochs) == 3 and all(thread.startswith("ahead") for thread in epochs)
-    on_main = {program for thread, program in programs if thread == "MainThread"}
+    on_main = {program for thread, program in ahead_compiled if thread == "MainThread"}
     assert not on_main & {"train_epoch", "_all_finite", "_project", "_score"}
 
 
-def test_a_directory_left_without_a_checkpoint_compiles_its_first_epoch_itself(tmp_path):
+def test_a_directory_left_without_a_checkpoint_compiles_its_first_epoch_itself(
+    tmp_path, compilations
+):
     # a run killed before its first checkpoint leaves the folder: trained from the start,
     # the first epoch compiled on the main thread, what follows it ahead
     (tmp_path / "ahead" / "checkpoints").mkdir(parents=True)
-    programs = []
-    ahead, _ = _train(CONFIG, tmp_path / "ahead", True, programs)
-    plain, _ = _train(CONFIG, tmp_path / "plain", False)
+    ahead, compiled = _train(CONFIG, tmp_path / "ahead", True, compilations)
+    plain, _ = _train(CONFIG, tmp_path / "plain", False, compilations)
     _assert_same_run(ahead, plain)
-    epochs = [thread for thread, program in programs if program == "train_epoch"]
+    epochs = [thread for thread, program in compiled if program == "train_epoch"]
     assert epochs[0] == "MainThread" and len(epochs) == 3
     assert all(thread.startswith("ahead") for thread in epochs[1:])
 
 
-def test_a_resumed_run_compiles_on_its_own_thread_to_the_same_result(tmp_path, train_killed_after):
+def test_a_resumed_run_compiles_on_its_own_thread_to_the_same_result(
+    tmp_path, train_killed_after, compilations
+):
     config = CONFIG.replace(switch_epoch=1, checkpoint_every=2)
     train_killed_after(config, tmp_path / "run", 2)
-    with _compiling_threads() as threads:
+    with compilations() as compiled:
         resumed = train_onn(config, tmp_path / "run", progress=False, resume=True)
     # the resumed run restores its hard set and stage and compiles them itself
-    assert threads and set(threads) == {"MainThread"}
+    assert compiled and set(_threads(compiled)) == {"MainThread"}
     whole = train_onn(config, tmp_path / "whole", progress=False)
     assert resumed.record["history"] == whole.record["history"]

@@ -108,25 +108,17 @@ def test_hard_set_equals_brute_force():
     assert diagnostics["correct"] == int((decided == target).all(-1).sum())
 
 
-def test_compiled_ahead_the_pass_compiles_nothing_more():
+def test_compiled_ahead_the_pass_compiles_nothing_more(compilations):
     dataset = TableDataset(size=300)
     table = jnp.asarray(np.random.default_rng(1).uniform(0, 3, (300, 2)), jnp.float32)
     options = {"margin": 0.2, "chunk_size": 64, "judged": (10, 290)}
-    compiles = []
-
-    def listen(event, _duration, **_kwargs):
-        compiles.append(event == "/jax/core/compile/backend_compile_duration")
-
     jax.clear_caches()
     compile_hard_samples(
         _table_apply, jax.ShapeDtypeStruct(table.shape, table.dtype), dataset, **options
     )
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compilations(clear_caches=False) as compiled:
         _, diagnostics = find_hard_samples(_table_apply, table, dataset, **options)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    assert not any(compiles)
+    assert compiled == []
     assert 0 <= diagnostics["correct"] <= 280
     with pytest.raises(ValueError, match="margin"):
         compile_hard_samples(_table_apply, table, dataset, margin=0.7)

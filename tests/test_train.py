@@ -189,19 +189,9 @@ def test_epoch_is_compiled_once_per_stage_and_reused_by_an_equal_run(tmp_path):
     ],
     ids=["plain", "padded-biases-scaled"],
 )
-def test_the_abstract_set_up_has_the_run_s_shapes_and_compiles_nothing(config):
-    compiled = []
-
-    def listen(event, _duration, **_kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(event)
-
-    jax.clear_caches()
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+def test_the_abstract_set_up_has_the_run_s_shapes_and_compiles_nothing(config, compilations):
+    with compilations() as compiled:
         shapes = build_training(config, abstract=True)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiled == []
     setup = build_training(config)
     leaves = jax.tree.leaves(shapes.initial_state)
