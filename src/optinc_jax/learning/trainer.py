@@ -267,15 +267,15 @@ def _compile_ahead(
     """Compiles, on a second thread, the programs a fresh one-device run needs.
 
     With ``first_epoch`` the thread starts while the run is set up (its initial parameters
-    compiled and computed on the calling thread) and first compiles the first epoch and
-    the epoch keys; without it the thread starts when the first epoch does, and the run
-    compiles that epoch itself. Then, in the order the run needs them: the finiteness check and the
+    compiled and computed on the calling thread) and first compiles the first epoch and the
+    epoch keys; without it the thread starts when the first epoch does, and the run compiles
+    that epoch itself. Then, in the order the run needs them: the finiteness check and the
     projection, the scoring pass, the epochs that come later with other arguments (the
-    focused stage-1 epoch, the stage-2 epoch). Everything is compiled from shapes alone
-    and the run waits for each program before it would need it (the scoring pass and the
-    focused epoch before its first evaluation, which a sparse stage 1 puts after a few
-    epochs), so nothing is compiled twice. Nothing the run computes changes: the same
-    programs are compiled, off its critical path.
+    focused stage-1 epoch, the stage-2 epoch). The programs are compiled from shapes alone
+    (the keys' by making one) and the run waits for each program before it would need it
+    (the scoring pass and the focused epoch before its first evaluation, which a sparse
+    stage 1 puts after a few epochs), so nothing is compiled twice. Nothing the run computes
+    changes: the same programs are compiled, off its critical path.
 
     Args:
         config: the run's configuration.
