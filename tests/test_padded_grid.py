@@ -34,7 +34,7 @@ def _all(dataset):
     return dataset.samples(jnp.arange(dataset.size, dtype=jnp.int32))
 
 
-def _brute_force(bits, servers, inputs, pad):
+def _brute_force(bits, servers, inputs, pad, continued=None):
     """Every padded sample by plain Python loops over the digits."""
     grid = make_dataset_spec(bits, servers, inputs)
     levels, r, symbols = grid.levels, grid.symbols_per_input, grid.symbols
@@ -47,17 +47,18 @@ def _brute_force(bits, servers, inputs, pad):
         raw = total // servers  # Python floors below zero too
         held = min(max(raw, 0), 2**bits - 1)
         sym = [(held >> (2 * k)) & 3 for k in range(symbols)]
-        sym[0] = raw % 4
+        if continued is None or -continued <= raw <= 2**bits - 1 + continued:
+            sym[0] = raw % 4
         rows.append((digits, sum(s * 4**k for k, s in enumerate(sym)), sym))
     return rows
 
 
 @pytest.mark.parametrize("bits, servers, inputs", SPECS)
-@pytest.mark.parametrize("pad", [0, 3])
-def test_every_sample_matches_a_brute_force_enumeration(bits, servers, inputs, pad):
-    padded = make_padded_grid(make_dataset_spec(bits, servers, inputs), pad)
+@pytest.mark.parametrize("pad, continued", [(0, None), (3, None), (3, 0), (3, 2)])
+def test_every_sample_matches_a_brute_force_enumeration(bits, servers, inputs, pad, continued):
+    padded = make_padded_grid(make_dataset_spec(bits, servers, inputs), pad, continued)
     samples = _all(padded)
-    rows = _brute_force(bits, servers, inputs, pad)
+    rows = _brute_force(bits, servers, inputs, pad, continued)
     assert padded.size == len(rows)
     digits = np.array([row[0] for row in rows])
     # x = (N x) times the float32 reciprocal of N, as the grid's inputs (grid_inputs)
@@ -98,12 +99,40 @@ def test_virtual_inputs_continue_symbol_0_and_hold_the_others(pad, index):
     assert (start <= index < stop) == (0 <= x[3] <= 3)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    pad=st.sampled_from([1, 4]),
+    continued=st.sampled_from([0, 3, 8, 40]),
+    index=st.integers(0, 10**9),
+)
+def test_a_limited_continuation_continues_then_holds_the_ends_symbol(pad, continued, index):
+    grid = make_dataset_spec(8, 8)
+    throughout = make_padded_grid(grid, pad)
+    limited = make_padded_grid(grid, pad, continued)
+    index %= limited.size
+    ours = limited.samples(jnp.array([index], jnp.int32))
+    theirs = throughout.samples(jnp.array([index], jnp.int32))
+    np.testing.assert_array_equal(np.asarray(ours.inputs), np.asarray(theirs.inputs))
+    total = round(8 * float(np.asarray(ours.inputs[0], np.float64) @ 4.0 ** np.arange(4)))
+    t = total // 8
+    same = np.asarray(ours.target_symbols[0]) == np.asarray(theirs.target_symbols[0])
+    assert same[1:].all()  # only symbol 0 can differ
+    if -continued <= t <= 255 + continued:
+        assert same[0]
+    else:  # held: every symbol the end's, so the target is 0 below the range, 255 above
+        assert int(ours.target[0]) == (0 if t < 0 else 255)
+
+
 def test_it_is_a_value_and_refuses_bad_levels():
     grid = make_dataset_spec(8, 4)
     assert make_padded_grid(grid, 2) == make_padded_grid(grid, 2)
     assert hash(make_padded_grid(grid, 2)) == hash(make_padded_grid(grid, 2))
     assert make_padded_grid(grid, 2) != make_padded_grid(grid, 1)
+    assert make_padded_grid(grid, 2) != make_padded_grid(grid, 2, 0)
+    assert make_padded_grid(grid, 2).continued_values is None
     assert make_padded_grid(grid, 3).bits == 8
+    with pytest.raises(ValueError, match="continued_values"):
+        make_padded_grid(grid, 2, -1)
     with pytest.raises(ValueError, match="pad_levels"):
         make_padded_grid(grid, -1)
     with pytest.raises(ValueError, match="pad_levels"):
@@ -152,6 +181,7 @@ def test_pad_levels_trains_on_the_padded_grid_and_judges_the_real_one(tmp_path):
     assert ours.record["training_set"] == {
         "kind": "padded grid",
         "pad_levels": 2,
+        "continued_values": None,
         "size": padded.size,
         "grid_range": [start, stop],
     }
@@ -209,6 +239,30 @@ def test_pad_levels_is_validated_recorded_only_when_set_and_resumes(tmp_path, tr
     for a, b in zip(_leaves(resumed.params), _leaves(whole.params), strict=True):
         np.testing.assert_array_equal(a, b)
     assert resumed.record["history"]["accuracy"] == whole.record["history"]["accuracy"]
+
+
+def test_pad_continued_values_is_validated_recorded_and_trains_on_its_targets(tmp_path):
+    with pytest.raises(ValueError, match="pad_continued_values"):
+        TrainConfig(pad_levels=1, pad_continued_values=-1)
+    with pytest.raises(ValueError, match=r"pad_continued_values=0 .* needs pad_levels > 0"):
+        TrainConfig(pad_continued_values=0)
+    assert "pad_continued_values" not in TrainConfig(pad_levels=1).to_json()
+    config = _tiny_config(pad_levels=2, pad_continued_values=1)
+    assert config.to_json()["pad_continued_values"] == 1
+    assert TrainConfig.from_json(config.to_json()) == config
+    # The same steps as a run on that padded set itself; the record names the continuation.
+    ours = train_onn(config, tmp_path / "limited", progress=False)
+    padded = make_padded_grid(make_dataset_spec(8, 4), 2, 1)
+    plain = train_onn(_tiny_config(), tmp_path / "plain", progress=False, dataset=padded)
+    for a, b in zip(_leaves(ours.params), _leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert ours.record["training_set"]["continued_values"] == 1
+    throughout = train_onn(_tiny_config(pad_levels=2), tmp_path / "throughout", progress=False)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_leaves(ours.params), _leaves(throughout.params), strict=True)
+    )
+    assert load_run(tmp_path / "limited").config.pad_continued_values == 1
 
 
 def test_the_8b8s_preset_pads_four_levels():

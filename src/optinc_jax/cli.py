@@ -433,6 +433,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "[default: the preset's, else 0].",
 )
 @click.option(
+    "--pad-continued-values",
+    type=click.IntRange(min=0),
+    help="With --pad-levels: the least significant target symbol continues its sawtooth "
+    "for this many target values beyond each end, then holds the end's value (0: held "
+    "throughout; not in the paper) [default: the preset's, else continued throughout].",
+)
+@click.option(
     "--refit-iterations",
     type=click.IntRange(min=0),
     help="After the last epoch, re-solve the last weight matrix over the whole grid for "
@@ -500,6 +507,7 @@ def train_command(
     stage2_learning_rate_scale: float | None,
     stage1_eval_every: int | None,
     pad_levels: int | None,
+    pad_continued_values: int | None,
     refit_iterations: int | None,
     refit_tolerance: float | None,
     finish_rounds: int | None,
@@ -547,6 +555,7 @@ def train_command(
         "stage2_learning_rate_scale": stage2_learning_rate_scale,
         "stage1_eval_every": stage1_eval_every,
         "pad_levels": pad_levels,
+        "pad_continued_values": pad_continued_values,
         "refit_iterations": refit_iterations,
         "refit_tolerance": refit_tolerance,
         "finish_rounds": finish_rounds,

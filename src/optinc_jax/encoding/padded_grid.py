@@ -5,10 +5,13 @@ the grid of :class:`~optinc_jax.encoding.dataset.DatasetSpec` by ``pad_levels`` 
 levels of the most significant input ``x_{I-1}`` on each side: ``a_{I-1} = N x_{I-1}``
 runs over ``[-p, L + p)`` instead of ``[0, L)``, so the weighted sum
 ``S = sum_m (4^r)^m a_m`` runs ``p (4^r)^(I-1)`` beyond both ends of its range. No server
-combination produces those inputs; they exist for training only. Their targets continue
-the least significant output symbol's sawtooth, ``floor(S / N) mod 4``, and hold every
-other symbol at its value at the nearest end of the range (the symbols of
-``clip(floor(S / N), 0, 2^B - 1)``); ``target`` is the value those symbols encode.
+combination produces those inputs; they exist for training only. Every output symbol but
+the least significant holds its value at the nearest end of the range (the symbols of
+``clip(floor(S / N), 0, 2^B - 1)``); the least significant one continues its sawtooth
+``floor(S / N) mod 4`` for ``continued_values`` values of ``floor(S / N)`` beyond each end
+(``None``, the default: throughout the padding) and beyond those holds its value at the
+end, like the others (``0``: held everywhere, every virtual target the end's).
+``target`` is the value the symbols encode.
 
 Why: the 8b8s networks trained on the grid fail on the wraps of symbol 0 near both ends
 of ``S`` (README, "Training recipe", items 8, 13, 17). With four virtual levels on each
@@ -17,6 +20,11 @@ of three (the numbers: ``optinc_jax.scenarios``, the 8b8s recipe; README item 19
 Sample ``i`` of the padded set has the mixed-radix digits of ``i`` (the last digit offset
 by ``-p``), as in the grid; the real grid's samples are the contiguous index range
 :meth:`PaddedGrid.grid_range`, in the grid's own order.
+
+Why a limited continuation: a network trained with the sawtooth continued throughout ended
+flat below ``S`` = 12, outputting the mean of the continued targets there, wrong for the
+real inputs of ``t`` = 0 (README item 20); with held targets a flat region beyond the
+continued values outputs the end's target.
 """
 
 import dataclasses
@@ -44,10 +52,14 @@ class PaddedGrid:
     Attributes:
         grid: the real exhaustive grid.
         pad_levels: virtual levels ``p >= 0`` on each side of the most significant input.
+        continued_values: values of ``floor(S / N)`` beyond each end over which the least
+            significant target symbol continues its sawtooth before it holds its value at
+            the end; ``None``: throughout the padding; ``0``: held at once.
     """
 
     grid: DatasetSpec
     pad_levels: int
+    continued_values: int | None = None
 
     @property
     def bits(self) -> int:
@@ -77,20 +89,23 @@ class PaddedGrid:
         return _padded_samples(self, jnp.asarray(indices).astype(jnp.int32))
 
 
-def make_padded_grid(grid: DatasetSpec, pad_levels: int) -> PaddedGrid:
+def make_padded_grid(
+    grid: DatasetSpec, pad_levels: int, continued_values: int | None = None
+) -> PaddedGrid:
     """Validated :class:`PaddedGrid`.
 
     Args:
         grid: the real grid (:func:`~optinc_jax.encoding.dataset.make_dataset_spec`).
         pad_levels: virtual levels on each side of the most significant input, ``>= 0``
             (0: the grid itself, in the same order).
+        continued_values: ``None`` or ``>= 0`` (:class:`PaddedGrid`).
 
     Returns:
         The padded set.
 
     Raises:
-        ValueError: on an invalid ``grid``, a negative ``pad_levels``, or a set whose
-            indices or weighted sums do not fit int32.
+        ValueError: on an invalid ``grid``, a negative ``pad_levels`` or
+            ``continued_values``, or a set whose indices or weighted sums do not fit int32.
 
     Examples:
         >>> padded = make_padded_grid(make_dataset_spec(8, 8), 4)
@@ -99,7 +114,9 @@ def make_padded_grid(grid: DatasetSpec, pad_levels: int) -> PaddedGrid:
     """
     grid = make_dataset_spec(*grid)
     pad_levels = require_int("pad_levels", pad_levels, 0)
-    padded = PaddedGrid(grid, pad_levels)
+    if continued_values is not None:
+        continued_values = require_int("continued_values", continued_values, 0)
+    padded = PaddedGrid(grid, pad_levels, continued_values)
     top = 4 ** (grid.symbols_per_input * (grid.inputs - 1))
     largest_sum = grid.servers * (2**grid.bits - 1) + pad_levels * top
     if padded.size - 1 > INT32_MAX or largest_sum > INT32_MAX:
@@ -121,8 +138,14 @@ def _padded_sample(padded: PaddedGrid, index: jax.Array) -> Samples:
     digits = digits.at[-1].set(last)
     total = jnp.sum(digits * weights)
     raw = jnp.floor_divide(total, grid.servers)  # floor, also below zero
-    held = encode_pam4(jnp.clip(raw, 0, 2**grid.bits - 1), bits=grid.bits)
-    symbols = held.at[0].set(jnp.mod(raw, 4))
+    top = 2**grid.bits - 1
+    symbols = encode_pam4(jnp.clip(raw, 0, top), bits=grid.bits)
+    continued = padded.continued_values
+    if continued is None:
+        symbols = symbols.at[0].set(jnp.mod(raw, 4))
+    else:
+        within = (raw >= -continued) & (raw <= top + continued)
+        symbols = symbols.at[0].set(jnp.where(within, jnp.mod(raw, 4), symbols[0]))
     target = jnp.sum(symbols * (4 ** np.arange(grid.symbols, dtype=np.int32)))
     return Samples(
         inputs=grid_inputs(digits, grid.servers),

@@ -179,6 +179,11 @@ class TrainConfig:
             100 %, the stop, the finishing and the refit judge the real grid alone. Not in
             the paper (the grid alone); 0 (the default) pads nothing. The 8b8s preset
             pads four levels (measured there and in README, "Training recipe", item 19).
+        pad_continued_values: with ``pad_levels``, the values of ``floor(S / N)`` beyond
+            each end over which the least significant target symbol continues its sawtooth
+            before it holds its value at the end, as every other symbol does, ``>= 0``
+            (:class:`~optinc_jax.encoding.padded_grid.PaddedGrid`); ``None`` (the default):
+            throughout the padding. Not in the paper (no padding).
         stage2_learning_rate_scale: the learning rate of loss stage 2 as a multiple of the
             schedule's, ``> 0`` (:func:`make_optimizer`; Adam's moments carry over). Not in
             the paper (one schedule); 1 (the default) is the paper's. The 8b4s preset's
@@ -194,10 +199,10 @@ class TrainConfig:
     The ``noise_*``, ``focus_*``, ``stop_margin``, ``symbol_tolerance``,
     ``stage2_tolerance``, ``condition_until``, ``revive_until``, ``balance_fraction``,
     ``refit_*``, ``finish_*``, ``leak_*``, ``bias_learning_rate_scale``, ``pad_levels``,
-    ``stage2_learning_rate_scale``, ``adam_eps`` and ``stage1_eval_every`` fields are
-    optional in records: :meth:`to_json` writes each only when it differs from its default,
-    so records of runs without fine-tuning, focus or a dead zone are those of earlier
-    versions (and such runs resume), and :meth:`from_json` fills in the defaults.
+    ``pad_continued_values``, ``stage2_learning_rate_scale``, ``adam_eps`` and ``stage1_eval_every``
+    fields are optional in records: :meth:`to_json` writes each only when it differs from
+    its default, so records of runs without fine-tuning, focus or a dead zone are those of
+    earlier versions (and such runs resume), and :meth:`from_json` fills in the defaults.
     """
 
     scenario: str | Scenario = "8b4s"
@@ -245,6 +250,7 @@ class TrainConfig:
     leak_until: int = 0
     bias_learning_rate_scale: float = 1.0
     pad_levels: int = 0
+    pad_continued_values: int | None = None
     stage2_learning_rate_scale: float = 1.0
     adam_eps: float = 1e-8
 
@@ -343,6 +349,13 @@ class TrainConfig:
             "bias_learning_rate_scale", self.bias_learning_rate_scale, low=0.0, low_inclusive=False
         )
         require_int("pad_levels", self.pad_levels, 0)
+        if self.pad_continued_values is not None:
+            require_int("pad_continued_values", self.pad_continued_values, 0)
+            if not self.pad_levels:
+                raise ValueError(
+                    f"pad_continued_values={self.pad_continued_values} shapes the targets of "
+                    "padded levels; it needs pad_levels > 0"
+                )
         require_real(
             "stage2_learning_rate_scale",
             self.stage2_learning_rate_scale,
@@ -566,6 +579,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
             "leak_",
             "bias_learning_rate_scale",
             "pad_levels",
+            "pad_continued_values",
             "stage2_learning_rate_scale",
             "adam_eps",
             "stage1_eval_every",

@@ -228,7 +228,11 @@ def build_training(
             f"the dataset has {dataset.bits}-bit targets but scenario {scenario.name!r} is "
             f"{scenario.bits}-bit ({scenario.bits // 2} ONN outputs)"
         )
-    train_dataset = make_padded_grid(dataset, config.pad_levels) if config.pad_levels else dataset
+    train_dataset = (
+        make_padded_grid(dataset, config.pad_levels, config.pad_continued_values)
+        if config.pad_levels
+        else dataset
+    )
     steps = steps_per_epoch(config, train_dataset.size)
     symbols_per_input = scenario.bits // 2 // scenario.inputs
 
@@ -441,6 +445,7 @@ def _training_set_description(setup: TrainingSetup) -> dict[str, Any]:
         "training_set": {
             "kind": "padded grid",
             "pad_levels": padded.pad_levels,
+            "continued_values": padded.continued_values,
             "size": padded.size,
             "grid_range": [start, stop],
         }
