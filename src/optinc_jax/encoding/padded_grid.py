@@ -24,9 +24,10 @@ by ``-p``), as in the grid; the real grid's samples are the contiguous index ran
 Why a limited continuation: a network trained with the sawtooth continued throughout ended
 flat below ``S`` = 12, outputting the mean of the continued targets there, wrong for the
 real inputs of ``t`` = 0 (README item 20); with held targets a flat region beyond the
-continued values outputs the end's target. Measured once (8b8s, seed 0, layers 2-7, one
+continued values outputs the end's target. Measured on 8b8s (seed 0, layers 2-7, one
 CPU; README item 21): held at once (``0``) 89 wrong inputs, at the top's last wraps;
-continued for 8 values 23, at one wrap (``S`` = 31|32); throughout (the preset) 22.
+continued for 8 values 23, at one wrap (``S`` = 31|32); for 16 values 33, at one step
+(``S`` = 40 and 47); throughout (the preset) 22. Seed 1 ended at 42 (8) and 90 (16).
 """
 
 import dataclasses

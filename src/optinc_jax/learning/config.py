@@ -183,9 +183,10 @@ class TrainConfig:
             each end over which the least significant target symbol continues its sawtooth
             before it holds its value at the end, as every other symbol does, ``>= 0``
             (:class:`~optinc_jax.encoding.padded_grid.PaddedGrid`); ``None`` (the default):
-            throughout the padding. Not in the paper (no padding). Measured once on 8b8s
-            (README, "Training recipe", item 21): 0 and 8 ended at 89 and 23 wrong inputs
-            where the preset's ``None`` ended at 22, so the preset keeps ``None``.
+            throughout the padding. Not in the paper (no padding). Measured on 8b8s, seed
+            0, one CPU (README, "Training recipe", item 21): 0, 8 and 16 ended at 89, 23
+            and 33 wrong inputs where the preset's ``None`` ended at 22, so the preset
+            keeps ``None``.
         stage2_learning_rate_scale: the learning rate of loss stage 2 as a multiple of the
             schedule's, ``> 0`` (:func:`make_optimizer`; Adam's moments carry over). Not in
             the paper (one schedule); 1 (the default) is the paper's. The 8b4s preset's
