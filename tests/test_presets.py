@@ -77,3 +77,10 @@ def test_the_8b8s_row_without_approximation_is_conditioned_through_its_last_epoc
     assert full.conditioned_layers(full.epochs + 1) == ()
     # the approximated row is what it was: its own matrices, projected to the end
     assert approximated.conditioned_layers(approximated.epochs + 1) == (2, 3, 4, 5, 6, 7)
+
+
+def test_the_8b8s_preset_halves_the_stage2_learning_rate_and_an_override_restores_it():
+    assert TrainConfig.for_scenario("8b8s").stage2_learning_rate_scale == 0.5
+    full_rate = TrainConfig.for_scenario("8b8s", stage2_learning_rate_scale=1.0)
+    assert full_rate.stage2_learning_rate_scale == 1.0
+    assert TrainConfig.for_scenario("8b16s").stage2_learning_rate_scale == 1.0

@@ -191,7 +191,9 @@ class TrainConfig:
             schedule's, ``> 0`` (:func:`make_optimizer`; Adam's moments carry over). Not in
             the paper (one schedule); 1 (the default) is the paper's. The 8b4s preset's
             0.5 reached 100 % earlier than 1 for 8 of 9 seeds (README, "Not reached yet",
-            the twice-as-fast ``make demo``).
+            the twice-as-fast ``make demo``). The 8b8s preset's 0.5 (since 2026-12-07):
+            seeds 1 and 2 at 100 % on one CPU, seed 0 at 11 wrong against 22 with 1 (README,
+            "Presets").
         adam_eps: Adam's epsilon in the training epochs, ``> 0`` (the finishing and the
             noise fine-tuning keep optax's). A larger one damps the steps of weights whose
             gradients have been near zero for a while (the dead zones of stage 2 make
