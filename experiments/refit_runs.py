@@ -5,6 +5,7 @@ Usage, from the repository root::
     python -m experiments.refit_runs LABEL=RUN_DIR [LABEL=RUN_DIR ...]
         [--tolerance 0.35] [--iterations 60] [--finish-rounds 0] [--finish-steps 5]
         [--finish-learning-rate 1e-4] [--finish-slack 0.1] [--finish-balance]
+        [--finish-backtrack 0]
         [--kinks] [--kink-radius 0.3] [--kink-local-weight 1e4]
         [--out results/refit] [--json]
 
@@ -13,7 +14,8 @@ revives the dead units of its last hidden layer as kinks beside its wrong inputs
 (``insert_kinks``, ``--kinks``; the network's outputs do not change), optionally
 finishes every matrix on the exact gradient of the receiver hinge (``finish_on_hard_set``,
 ``--finish-rounds N``, keeping the run's approximated matrices projected; with
-``--finish-balance`` every target weighs the same in its hinge), refits the last
+``--finish-balance`` every target weighs the same in its hinge; with ``--finish-backtrack F``
+a round that ends worse than the best is undone and the step multiplied by ``F``), refits the last
 matrix over the run's dataset (``refit_last_layer``) and evaluates the networks
 exhaustively. The refit is the computation ``TrainConfig(refit_iterations=...)`` performs
 after a run's last epoch, so this measures both on runs already trained without training
@@ -59,6 +61,7 @@ def refit_run(
     finish_learning_rate: float = 1e-4,
     finish_slack: float = 0.1,
     finish_balance: bool = False,
+    finish_backtrack: float = 0.0,
     kinks: bool = False,
     kink_radius: float = 0.3,
     kink_local_weight: float = 1e4,
@@ -114,6 +117,7 @@ def refit_run(
             side=run.config.approx_side,
             refine_steps=run.config.refine_steps,
             classes=target_classes(run.dataset) if finish_balance else None,
+            backtrack=finish_backtrack,
         )
         record["finish_seconds"] = time.perf_counter() - tic
         record["finish"] = finish.to_json()
@@ -184,9 +188,11 @@ def _figure(document: dict, path: Path) -> None:
         rounds.set(
             xlabel="finishing round (0: the trained network)",
             ylabel="wrong inputs (exhaustive)",
-            yscale="log",
             title="wrong inputs at every round (dot: the one kept)",
         )
+        # symlog, not log: a finishing that reaches 100 % ends at 0 wrong inputs.
+        rounds.set_yscale("symlog", linthresh=1)
+        rounds.set_ylim(bottom=0)
         rounds.title.set_fontsize(9)
         rounds.legend(fontsize=7)
     fig.tight_layout()
@@ -206,6 +212,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--finish-slack", type=float, default=0.1)
     parser.add_argument(
         "--finish-balance", action="store_true", help="weigh every target equally in the hinge"
+    )
+    parser.add_argument(
+        "--finish-backtrack",
+        type=float,
+        default=0.0,
+        help="undo a round that ends worse than the best, the step times this factor (0: never)",
     )
     parser.add_argument(
         "--kinks",
@@ -231,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "finish_learning_rate": args.finish_learning_rate,
         "finish_slack": args.finish_slack,
         "finish_balance": args.finish_balance,
+        "finish_backtrack": args.finish_backtrack,
         "kinks": args.kinks,
         "kink_radius": args.kink_radius,
         "kink_local_weight": args.kink_local_weight,
@@ -248,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 finish_learning_rate=args.finish_learning_rate,
                 finish_slack=args.finish_slack,
                 finish_balance=args.finish_balance,
+                finish_backtrack=args.finish_backtrack,
                 kinks=args.kinks,
                 kink_radius=args.kink_radius,
                 kink_local_weight=args.kink_local_weight,

@@ -176,14 +176,17 @@ def test_train_refit_options_reach_the_config_and_an_approximated_last_matrix_is
 def test_train_finish_options_reach_the_config_and_a_bad_step_is_one_line(tmp_path):
     runner = CliRunner()
     args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
-    finish = ["--finish-rounds", "2", "--finish-learning-rate", "1e-3"]
+    finish = ["--finish-rounds", "2", "--finish-learning-rate", "1e-3", "--finish-backtrack", "0.5"]
     trained = runner.invoke(main, [*args, *finish, "--out", str(tmp_path / "a"), "--json"])
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.output)["status"] == "finished"
     document = json.loads((tmp_path / "a" / "result.json").read_text())
     assert document["config"]["finish_rounds"] == 2
     assert document["config"]["finish_learning_rate"] == 1e-3
+    assert document["config"]["finish_backtrack"] == 0.5
     finish_record = document["history"]["finish"]
+    rates, hinges = finish_record["learning_rate_by_round"], finish_record["hinge_by_round"]
+    assert len(rates) == len(hinges) == len(finish_record["wrong_by_round"]) - 1
     assert finish_record["wrong_after"] == document["total"] - document["correct"]
     assert finish_record["wrong_after"] <= finish_record["wrong_before"]
     bad = runner.invoke(
@@ -200,3 +203,7 @@ def test_train_finish_options_reach_the_config_and_a_bad_step_is_one_line(tmp_pa
     )
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert "finish_learning_rate" in bad.output and len(bad.output.strip().splitlines()) == 1
+    backtrack = ["--finish-rounds", "1", "--finish-backtrack", "1"]
+    bad = runner.invoke(main, [*args, *backtrack, "--out", str(tmp_path / "c")])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "finish_backtrack" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -189,17 +189,17 @@ def test_finish_fields_are_validated_and_optional_in_records():
     assert not any(name.startswith("finish_") for name in TrainConfig().to_json())
 
 
+def _finish_approximated(run, **options):
+    """The finishing of ``run``'s network, its approximated matrices kept on the hardware."""
+    return finish_on_hard_set(
+        run.apply_fn, run.params, run.dataset, approx_layers=run.approx_layers, **options
+    )
+
+
 def test_a_hard_set_summed_in_chunks_takes_the_same_steps(short_run):
     def finish(gradient_chunk):
-        return finish_on_hard_set(
-            short_run.apply_fn,
-            short_run.params,
-            short_run.dataset,
-            approx_layers=short_run.approx_layers,
-            rounds=1,
-            steps=2,
-            learning_rate=3e-4,
-            gradient_chunk=gradient_chunk,
+        return _finish_approximated(
+            short_run, rounds=1, steps=2, learning_rate=3e-4, gradient_chunk=gradient_chunk
         )
 
     whole, chunked = finish(1 << 18), finish(1000)  # 1000 does not divide the padded rows
@@ -208,3 +208,36 @@ def test_a_hard_set_summed_in_chunks_takes_the_same_steps(short_run):
     assert whole.best_round == chunked.best_round == 1  # the stepped networks are compared
     for a, b in zip(jax.tree.leaves(chunked.params), jax.tree.leaves(whole.params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_backtracking_undoes_a_round_that_raised_the_hinge_and_shortens_the_step(short_run):
+    def finish(backtrack):
+        return _finish_approximated(
+            short_run, rounds=6, steps=3, learning_rate=0.3, backtrack=backtrack
+        )
+
+    plain, backtracked = finish(0.0), finish(0.1)
+    # A step of 0.3 throws the network off and the plain finishing never comes back.
+    assert plain.best_round == 0 and plain.wrong_after == plain.wrong_before
+    assert plain.learning_rate_by_round == (0.3,) * 6 and plain.hinge_by_round == ()
+    # Backtracking steps again from where a round started, ten times shorter, whenever the
+    # round raised the whole-grid hinge, and keeps the step after a round that lowered it.
+    wrong, rates = backtracked.wrong_by_round, backtracked.learning_rate_by_round
+    hinges = backtracked.hinge_by_round
+    assert wrong[:2] == plain.wrong_by_round[:2] and wrong[1] > wrong[0]
+    assert len(rates) == len(hinges) == 6 and rates[0] == 0.3
+    accepted = hinges[0]
+    for index in range(1, len(rates)):
+        raised = hinges[index] > accepted
+        assert rates[index] == pytest.approx(rates[index - 1] * (0.1 if raised else 1.0))
+        accepted = accepted if raised else hinges[index]
+    assert hinges[1] > hinges[0] and rates[-1] < 1e-2
+    assert backtracked.wrong_after < 0.9 * backtracked.wrong_before
+    evaluation = evaluate_exhaustive(short_run.apply_fn, backtracked.params, short_run.dataset)
+    assert evaluation.total - evaluation.correct == backtracked.wrong_after
+    with pytest.raises(ValueError, match="backtrack"):
+        finish(1.0)
+    with pytest.raises(ValueError, match="finish_backtrack"):
+        TrainConfig(finish_rounds=1, finish_backtrack=-0.5)
+    config = TrainConfig(finish_rounds=3, finish_backtrack=0.5)
+    assert TrainConfig.from_json(config.to_json()) == config

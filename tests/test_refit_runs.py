@@ -85,6 +85,23 @@ def test_a_balanced_finishing_is_passed_through_and_recorded(tmp_path, capsys):
     assert plain["wrong_by_round"] != balanced["wrong_by_round"]
 
 
+def test_a_backtracking_finishing_is_passed_through_and_recorded(tmp_path, capsys):
+    _short_run(tmp_path / "free", "none")
+    common = ["--iterations", "1", "--finish-rounds", "3", "--finish-learning-rate", "0.3"]
+    documents = {}
+    for name, extra in (("plain", []), ("backtracked", ["--finish-backtrack", "0.1"])):
+        refit_runs.main(
+            [f"free={tmp_path / 'free'}", *common, *extra, "--out", str(tmp_path / name), "--json"]
+        )
+        documents[name] = json.loads(capsys.readouterr().out)
+    assert documents["plain"]["finish_backtrack"] == 0.0
+    assert documents["backtracked"]["finish_backtrack"] == 0.1
+    plain, backtracked = (documents[name]["runs"]["free"]["finish"] for name in documents)
+    assert plain["learning_rate_by_round"] == [0.3] * 3 and plain["hinge_by_round"] == []
+    assert len(backtracked["hinge_by_round"]) == 3
+    assert backtracked["learning_rate_by_round"] != plain["learning_rate_by_round"]
+
+
 def test_kinks_are_inserted_before_the_finishing_and_recorded(tmp_path, capsys):
     _short_run(tmp_path / "free", "none")
     refit_runs.main(

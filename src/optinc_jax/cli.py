@@ -470,6 +470,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "inputs without it) [default: the preset's, else off].",
 )
 @click.option(
+    "--finish-backtrack",
+    type=float,
+    help="In [0, 1): a finishing round that ends with more wrong inputs than the best so "
+    "far is undone and the next steps start from the best network with the Adam step times "
+    "this factor (0: never) [default: the preset's, else 0].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -513,6 +520,7 @@ def train_command(
     finish_rounds: int | None,
     finish_learning_rate: float | None,
     finish_balance: bool | None,
+    finish_backtrack: float | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -561,6 +569,7 @@ def train_command(
         "finish_rounds": finish_rounds,
         "finish_learning_rate": finish_learning_rate,
         "finish_balance": finish_balance,
+        "finish_backtrack": finish_backtrack,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

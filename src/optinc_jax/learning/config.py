@@ -158,6 +158,10 @@ class TrainConfig:
         finish_balance: weigh every target equally in the finishing's hinge
             (:func:`~optinc_jax.learning.balance.class_weights`) instead of every input.
             Not in the paper; ``False`` (the default) sums over the inputs.
+        finish_backtrack: in ``[0, 1)``: a finishing round that ends with more wrong inputs
+            than the best so far is undone and the finishing steps on from the best
+            network with its Adam step multiplied by this factor; 0 (the default) never.
+            Not in the paper.
         leak_start: the hidden activations' negative slope in the first epoch, in
             ``[0, 1)``, falling linearly to 0 at epoch ``leak_until``
             (:meth:`leak_at`, :func:`~optinc_jax.learning.onn.leaky_relu`): a training
@@ -251,6 +255,7 @@ class TrainConfig:
     finish_tolerance: float = 0.35
     finish_slack: float = 0.1
     finish_balance: bool = False
+    finish_backtrack: float = 0.0
     leak_start: float = 0.0
     leak_until: int = 0
     bias_learning_rate_scale: float = 1.0
@@ -343,6 +348,9 @@ class TrainConfig:
         require_real("finish_slack", self.finish_slack, low=0.0, high=self.finish_tolerance)
         if not isinstance(self.finish_balance, bool):
             raise ValueError(f"finish_balance must be a bool, got {self.finish_balance!r}")
+        require_real(
+            "finish_backtrack", self.finish_backtrack, low=0.0, high=1.0, high_inclusive=False
+        )
         require_real("leak_start", self.leak_start, low=0.0, high=1.0, high_inclusive=False)
         require_int("leak_until", self.leak_until, 0)
         if (self.leak_start > 0) != (self.leak_until > 0):

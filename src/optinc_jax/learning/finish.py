@@ -29,6 +29,15 @@ scoring counts the wrong inputs exactly, and :func:`finish_on_hard_set` returns 
 parameters with the fewest (the start included, the earlier among equals), so it never
 returns a network with more wrong inputs than it was given.
 
+With ``backtrack`` (a factor in ``(0, 1)``; not in the paper, 0 = off by default) the
+constant step becomes a backtracking one: a round whose steps raised ``L`` (the exact
+whole-dataset hinge, summed over the scored set, which holds every input past the tolerance)
+is undone, and the next round steps again from the network it started from, with Adam's
+moments reset and its step multiplied by the factor. A network a few inputs from 100 % can be
+thrown far off by the constant step (Adam's first steps move every weight by about the
+learning rate): one 8b8s seed-0 network went 15 -> 229 -> 1,307 wrong inputs in its first two
+rounds (README, "Training recipe").
+
 Measured on the 2-core CPU (README, "Training recipe", item 10): on the 8b8s network that
 ended its schedule at 389 wrong inputs, 40 rounds of 5 steps at learning rate 1e-4 took it
 to 279 (8 minutes, other jobs beside it), and the last-layer refit after it to 161, against
@@ -76,6 +85,10 @@ class FinishResult(NamedTuple):
         hard_by_round: inputs scored as hard (trained on) at every scored round.
         symbol_errors_after: ``[K]`` wrongly decided symbols of ``params``, least
             significant first.
+        learning_rate_by_round: Adam's step in every round that stepped (constant
+            unless ``backtrack`` shrank it).
+        hinge_by_round: ``L`` of every scored round that stepped, with ``backtrack``
+            (empty without).
     """
 
     params: nnx.State
@@ -85,6 +98,8 @@ class FinishResult(NamedTuple):
     wrong_by_round: tuple[int, ...]
     hard_by_round: tuple[int, ...]
     symbol_errors_after: tuple[int, ...]
+    learning_rate_by_round: tuple[float, ...] = ()
+    hinge_by_round: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The counts as a JSON-ready dict (no parameters)."""
@@ -95,17 +110,52 @@ class FinishResult(NamedTuple):
             "wrong_by_round": list(self.wrong_by_round),
             "hard_by_round": list(self.hard_by_round),
             "symbol_errors_after": list(self.symbol_errors_after),
+            "learning_rate_by_round": list(self.learning_rate_by_round),
+            "hinge_by_round": list(self.hinge_by_round),
         }
 
 
 @partial(
     jax.jit,
-    static_argnames=("apply_fn", "dataset", "rows", "chunk", "tolerance", "learning_rate"),
+    static_argnames=("apply_fn", "dataset", "rows", "chunk", "tolerance"),
     donate_argnames=("params", "opt_state"),
 )
 def _finish_step(
     params,
     opt_state,
+    hard_indices: jax.Array,
+    hard_count: jax.Array,
+    classes: TargetClasses | None,
+    learning_rate: jax.Array,
+    *,
+    apply_fn: ONNApply,
+    dataset: Dataset,
+    rows: int,
+    chunk: int,
+    tolerance: float,
+):
+    """One Adam step of the whole-dataset hinge, its gradient taken over the hard rows.
+
+    The rows are summed in chunks of ``chunk`` (one chunk's activations in memory at a
+    time); ``learning_rate`` is a float32 scalar (a backtracked step compiles nothing new).
+    """
+    chunks = _chunked_rows(hard_indices, hard_count, rows, chunk)
+    chunk_loss = partial(
+        _chunk_hinge, classes=classes, apply_fn=apply_fn, dataset=dataset, tolerance=tolerance
+    )
+
+    def add_chunk(total, chunk_rows):
+        grads = jax.grad(chunk_loss)(params, *chunk_rows)
+        return jax.tree.map(jnp.add, total, grads), None
+
+    grads, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), chunks)
+    updates, opt_state = optax.adam(learning_rate).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "dataset", "rows", "chunk", "tolerance"))
+def _hard_set_hinge(
+    params,
     hard_indices: jax.Array,
     hard_count: jax.Array,
     classes: TargetClasses | None,
@@ -115,32 +165,55 @@ def _finish_step(
     rows: int,
     chunk: int,
     tolerance: float,
-    learning_rate: float,
-):
-    """One Adam step of the whole-dataset hinge, its gradient taken over the hard rows.
+) -> jax.Array:
+    """``L`` of :func:`_finish_step`, summed over the hard rows in chunks (a scalar)."""
+    chunk_loss = partial(
+        _chunk_hinge, classes=classes, apply_fn=apply_fn, dataset=dataset, tolerance=tolerance
+    )
 
-    The rows are summed in chunks of ``chunk`` (one chunk's activations in memory at a
-    time).
+    def add_chunk(total, chunk_rows):
+        return total + chunk_loss(params, *chunk_rows), None
+
+    chunks = _chunked_rows(hard_indices, hard_count, rows, chunk)
+    return jax.lax.scan(add_chunk, jnp.float32(0.0), chunks)[0]
+
+
+def _bucket_rows(count: int, size: int) -> int:
+    """Rows a step over ``count`` hard inputs is padded to (a power of two, or ``size``)."""
+    return min(size, max(_SMALLEST_BUCKET, 1 << (count - 1).bit_length()))
+
+
+def _chunked_rows(
+    hard_indices: jax.Array, hard_count: jax.Array, rows: int, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """The first ``rows`` hard indices, padded to whole chunks, and which are hard.
+
+    Returns ``([n, chunk], [n, chunk])``: the indices and whether each is one of the
+    ``hard_count`` hard ones.
     """
     padded = -(-rows // chunk) * chunk
     indices = jnp.pad(hard_indices[:rows], (0, padded - rows)).reshape(-1, chunk)
     valid = (jnp.arange(padded) < hard_count).reshape(-1, chunk)
+    return indices, valid
 
-    def chunk_loss(p, chunk_indices, chunk_valid):
-        samples = dataset.samples(chunk_indices)
-        y = apply_fn(p, samples.inputs)
-        per_input = jnp.sum(receiver_hinge(y, samples.target_symbols, tolerance) ** 2, axis=-1)
-        if classes is not None:
-            per_input = per_input * class_weights(classes, samples.target)
-        return jnp.sum(jnp.where(chunk_valid, per_input, 0.0)) / dataset.size
 
-    def add_chunk(total, chunk_rows):
-        grads = jax.grad(chunk_loss)(params, *chunk_rows)
-        return jax.tree.map(jnp.add, total, grads), None
-
-    grads, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), (indices, valid))
-    updates, opt_state = optax.adam(learning_rate).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+def _chunk_hinge(
+    params,
+    chunk_indices: jax.Array,
+    chunk_valid: jax.Array,
+    *,
+    classes: TargetClasses | None,
+    apply_fn: ONNApply,
+    dataset: Dataset,
+    tolerance: float,
+) -> jax.Array:
+    """One chunk's share of ``L``: its valid rows' squared hinge over the dataset's size."""
+    samples = dataset.samples(chunk_indices)
+    y = apply_fn(params, samples.inputs)
+    per_input = jnp.sum(receiver_hinge(y, samples.target_symbols, tolerance) ** 2, axis=-1)
+    if classes is not None:
+        per_input = per_input * class_weights(classes, samples.target)
+    return jnp.sum(jnp.where(chunk_valid, per_input, 0.0)) / dataset.size
 
 
 def finish_on_hard_set(
@@ -159,6 +232,7 @@ def finish_on_hard_set(
     chunk_size: int = 4096,
     gradient_chunk: int = _GRADIENT_CHUNK,
     classes: TargetClasses | None = None,
+    backtrack: float = 0.0,
 ) -> FinishResult:
     """Trains every matrix on the exact gradient of the dataset's receiver hinge.
 
@@ -183,6 +257,10 @@ def finish_on_hard_set(
             (:func:`~optinc_jax.learning.balance.target_classes`) to weigh every target
             equally in the hinge (:func:`~optinc_jax.learning.balance.class_weights`);
             ``None`` (the default) weighs every input equally.
+        backtrack: in ``[0, 1)``: a round whose steps raised the whole-dataset hinge is
+            undone and the next steps start again from where it started, with Adam's step
+            multiplied by this factor (moments reset); 0 (the default) never: every round
+            steps on from wherever the last one ended.
 
     Returns:
         The :class:`FinishResult`; never more wrong inputs than given.
@@ -203,10 +281,12 @@ def finish_on_hard_set(
     steps = require_int("steps", steps, 1)
     chunk_size = require_int("chunk_size", chunk_size, 1)
     gradient_chunk = require_int("gradient_chunk", gradient_chunk, 1)
+    backtrack = float(require_real("backtrack", backtrack, low=0.0, high=1.0, high_inclusive=False))
     approx_layers = tuple(approx_layers)
     opt_state = optax.adam(learning_rate).init(params)
     best_params, best_round, best_wrong, best_symbols = params, 0, None, None
-    wrong_by_round, hard_by_round = [], []
+    wrong_by_round, hard_by_round, rate_by_round, hinge_by_round = [], [], [], []
+    accepted = None  # with backtrack: (params, hard set, its count, L) a round started from
     current = jax.tree.map(jnp.copy, params)  # the steps donate their input
     for round_index in range(rounds + 1):
         hard, diagnostics = find_hard_samples(
@@ -227,7 +307,33 @@ def finish_on_hard_set(
         if round_index == rounds or wrong == 0 or diagnostics["hard_count"] == 0 or diverged:
             break
         count = diagnostics["hard_count"]
-        rows = min(dataset.size, max(_SMALLEST_BUCKET, 1 << (count - 1).bit_length()))
+        rows = _bucket_rows(count, dataset.size)
+        chunk = min(rows, gradient_chunk)
+        if backtrack > 0:
+            hinge = float(
+                _hard_set_hinge(
+                    current,
+                    hard.indices,
+                    hard.count,
+                    classes,
+                    apply_fn=apply_fn,
+                    dataset=dataset,
+                    rows=rows,
+                    chunk=chunk,
+                    tolerance=tolerance,
+                )
+            )
+            if accepted is not None and hinge > accepted[3]:
+                # The round's steps raised L: step again from where it started, shorter.
+                current, hard, count = jax.tree.map(jnp.copy, accepted[0]), *accepted[1:3]
+                rows = _bucket_rows(count, dataset.size)
+                chunk = min(rows, gradient_chunk)
+                learning_rate *= backtrack
+                opt_state = optax.adam(learning_rate).init(current)
+            else:
+                accepted = (jax.tree.map(jnp.copy, current), hard, count, hinge)
+            hinge_by_round.append(hinge)
+        rate_by_round.append(learning_rate)
         for _ in range(steps):
             current, opt_state = _finish_step(
                 current,
@@ -235,12 +341,12 @@ def finish_on_hard_set(
                 hard.indices,
                 hard.count,
                 classes,
+                jnp.float32(learning_rate),
                 apply_fn=apply_fn,
                 dataset=dataset,
                 rows=rows,
-                chunk=min(rows, gradient_chunk),
+                chunk=chunk,
                 tolerance=tolerance,
-                learning_rate=learning_rate,
             )
             if approx_layers:
                 current = projection_diag_unitary(
@@ -254,4 +360,6 @@ def finish_on_hard_set(
         tuple(wrong_by_round),
         tuple(hard_by_round),
         tuple(best_symbols),
+        tuple(rate_by_round),
+        tuple(hinge_by_round),
     )

@@ -1005,6 +1005,7 @@ def _finish_at_end(
             refine_steps=config.refine_steps,
             chunk_size=config.eval_chunk_size or default_chunk_size(),
             classes=classes if config.finish_balance else None,
+            backtrack=config.finish_backtrack,
         )
         return finish.params, finish.to_json()
 
