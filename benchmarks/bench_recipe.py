@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -140,6 +141,23 @@ def _timed(function, *args) -> tuple[Any, float]:
     """``function(*args)`` and the wall seconds it took."""
     tic = time.perf_counter()
     return function(*args), time.perf_counter() - tic
+
+
+def median_time_to_full(times: Sequence[float | None]) -> float | None:
+    """The median seconds to the first 100 % of some runs, runs that never got there included.
+
+    ``None`` in ``times`` marks a run that never reached 100 %: it counts as slower than
+    every run that did. Returns ``None`` when the median falls on such runs (or there are
+    no runs).
+
+    >>> median_time_to_full([3.0, None, 1.0, 2.0])
+    2.5
+    >>> median_time_to_full([None, 1.0]) is None
+    True
+    """
+    ordered = sorted(math.inf if t is None else t for t in times)
+    middle = statistics.median(ordered) if ordered else math.inf
+    return None if math.isinf(middle) else middle
 
 
 def child_environment(env: dict | None = None) -> dict:
@@ -506,14 +524,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         except RuntimeError as error:  # a child that failed, an unknown revision
             parser.exit(1, f"bench_recipe: {error}\n")
-        medians = {}
+        medians, unreached = {}, {}
         for label in configs:
             times = [
                 r["first_full_accuracy"]["train_seconds"] if r["first_full_accuracy"] else None
                 for r in rows
                 if r["label"] == label
             ]
-            medians[label] = None if None in times else statistics.median(times)
+            medians[label] = median_time_to_full(times)
+            unreached[label] = times.count(None)
         baseline, candidate, *revision = medians.values()
         processes = {
             label: statistics.median(times)
@@ -526,7 +545,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "fresh_process": not args.same_process,
             "runs": rows,
             "median_seconds": medians,
-            # None when a run of either recipe never reached 100 %
+            # runs that never reached 100 % count as slower than every run that did; a
+            # median among them is None, and so is every ratio with it
+            "unreached_runs": unreached,
             "time_ratio": candidate / baseline if baseline and candidate else None,
             # the whole run as a person waits for it (None in one process)
             "median_process_seconds": processes,

@@ -80,3 +80,14 @@ def test_timed_children_run_without_the_persistent_compilation_cache(monkeypatch
     given = {"JAX_COMPILATION_CACHE_DIR": "/x", "PYTHONPATH": "src"}
     assert bench_recipe.child_environment(given) == {"PYTHONPATH": "src"}
     assert given == {"JAX_COMPILATION_CACHE_DIR": "/x", "PYTHONPATH": "src"}  # a copy
+
+
+def test_a_run_that_never_reached_full_accuracy_counts_as_the_slowest():
+    median = bench_recipe.median_time_to_full
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    # one failure of six: the median moves up to the next run, not out of the report
+    assert median([13.3, None, 14.0, 14.3, 14.9, 14.9]) == pytest.approx(14.6)
+    assert median([1.0, None, 2.0]) == 2.0
+    # the median falls on the failures: no number
+    assert median([1.0, None]) is None and median([None, None, 1.0]) is None
+    assert median([]) is None
