@@ -201,8 +201,9 @@ stage 2 steps at half the schedule's learning rate (``stage2_learning_rate_scale
 8b4s; differs from the paper's one schedule): on a 2-core AMD EPYC seeds 1 and 2 reached 100 %
 with layers 2-7 at epochs 244 and 250 (59.7 and 59.9 min of training; seed 1 without
 approximation at epoch 244, 58.7 min) and seed 0 ended at 11 wrong against 22 at the full
-rate; on the Intel Xeon where seed 0 reached 100 % at the full rate, half the rate is
-unmeasured. Since 2026-12-05 it
+rate; on a third, faster 2-core CPU (about 21 min of epochs) seeds 0 / 1 / 2 ended at 288 /
+1 / 0 wrong with layers 2-7; on the Intel Xeon where seed 0 reached 100 % at the full rate,
+half the rate is unmeasured. Since 2026-12-05 it
 trains on the grid padded by four virtual levels of the most significant input on each side
 (``pad_levels`` 4; not in the paper): at the full stage-2 rate, seed 0 reached 100 % of the real
 grid at epoch 246 on both rows (38.9 min of training without approximation, 43.5 min with
