@@ -184,11 +184,13 @@ def test_a_data_parallel_run_refits_on_one_device_and_stays_replicated(tmp_path)
     sharded = train_onn(config, tmp_path / "mesh", progress=False, mesh=mesh)
     single = train_onn(config, tmp_path / "one", progress=False)
     assert sharded.record["devices"] == len(jax.devices()) == 8
-    # The same refit up to the float reassociation of the data-parallel gradient sums.
+    # The same refit up to the float reassociation of the data-parallel gradient sums: two
+    # epochs of it moved a symbol's wrong count by 15 of 1,524 (1 %) on one 2-core CPU.
     for name in ("wrong_symbols_before", "wrong_symbols_after"):
         np.testing.assert_allclose(
             sharded.record["history"]["refit"][name],
             single.record["history"]["refit"][name],
+            rtol=0.02,
             atol=5,
         )
     loaded = load_run(tmp_path / "mesh")
