@@ -15,7 +15,7 @@ revives the dead units of its last hidden layer as kinks beside its wrong inputs
 finishes every matrix on the exact gradient of the receiver hinge (``finish_on_hard_set``,
 ``--finish-rounds N``, keeping the run's approximated matrices projected; with
 ``--finish-balance`` every target weighs the same in its hinge; with ``--finish-backtrack F``
-a round that ends worse than the best is undone and the step multiplied by ``F``), refits the last
+a round whose steps raised the hinge is undone and the step multiplied by ``F``), refits the last
 matrix over the run's dataset (``refit_last_layer``) and evaluates the networks
 exhaustively. The refit is the computation ``TrainConfig(refit_iterations=...)`` performs
 after a run's last epoch, so this measures both on runs already trained without training
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--finish-backtrack",
         type=float,
         default=0.0,
-        help="undo a round that ends worse than the best, the step times this factor (0: never)",
+        help="undo a round that raised the hinge, the step times this factor (0: never)",
     )
     parser.add_argument(
         "--kinks",

@@ -472,9 +472,9 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
 @click.option(
     "--finish-backtrack",
     type=float,
-    help="In [0, 1): a finishing round that ends with more wrong inputs than the best so "
-    "far is undone and the next steps start from the best network with the Adam step times "
-    "this factor (0: never) [default: the preset's, else 0].",
+    help="In [0, 1): a finishing round whose steps raised the whole-grid hinge is undone "
+    "and the next steps start again from where it started, the Adam step times this factor "
+    "(0: never, a constant step) [default: the preset's, else 0].",
 )
 @click.option(
     "--noise-model",

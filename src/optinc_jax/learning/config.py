@@ -158,10 +158,10 @@ class TrainConfig:
         finish_balance: weigh every target equally in the finishing's hinge
             (:func:`~optinc_jax.learning.balance.class_weights`) instead of every input.
             Not in the paper; ``False`` (the default) sums over the inputs.
-        finish_backtrack: in ``[0, 1)``: a finishing round that ends with more wrong inputs
-            than the best so far is undone and the finishing steps on from the best
-            network with its Adam step multiplied by this factor; 0 (the default) never.
-            Not in the paper.
+        finish_backtrack: in ``[0, 1)``: a finishing round whose steps raised the
+            whole-grid hinge is undone and the next steps start again from where it
+            started, with the Adam step multiplied by this factor; 0 (the default) never
+            (a constant step). Not in the paper.
         leak_start: the hidden activations' negative slope in the first epoch, in
             ``[0, 1)``, falling linearly to 0 at epoch ``leak_until``
             (:meth:`leak_at`, :func:`~optinc_jax.learning.onn.leaky_relu`): a training
