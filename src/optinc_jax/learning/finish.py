@@ -286,7 +286,8 @@ def finish_on_hard_set(
     opt_state = optax.adam(learning_rate).init(params)
     best_params, best_round, best_wrong, best_symbols = params, 0, None, None
     wrong_by_round, hard_by_round, rate_by_round, hinge_by_round = [], [], [], []
-    accepted = None  # with backtrack: (params, hard set, its count, L) a round started from
+    # with backtrack: the network the last kept round started from, its hard set and its L
+    accepted_params = accepted_hard = accepted_count = accepted_hinge = None
     current = jax.tree.map(jnp.copy, params)  # the steps donate their input
     for round_index in range(rounds + 1):
         hard, diagnostics = find_hard_samples(
@@ -323,17 +324,20 @@ def finish_on_hard_set(
                     tolerance=tolerance,
                 )
             )
-            if accepted is not None and hinge > accepted[3]:
+            if accepted_hinge is not None and hinge > accepted_hinge:
                 # The round's steps raised L: step again from where it started, shorter.
-                current, hard, count = jax.tree.map(jnp.copy, accepted[0]), *accepted[1:3]
+                current = jax.tree.map(jnp.copy, accepted_params)
+                hard, count = accepted_hard, accepted_count
                 rows = _bucket_rows(count, dataset.size)
                 chunk = min(rows, gradient_chunk)
                 learning_rate *= backtrack
                 opt_state = optax.adam(learning_rate).init(current)
             else:
-                accepted = (jax.tree.map(jnp.copy, current), hard, count, hinge)
+                accepted_params = jax.tree.map(jnp.copy, current)
+                accepted_hard, accepted_count, accepted_hinge = hard, count, hinge
             hinge_by_round.append(hinge)
         rate_by_round.append(learning_rate)
+        rate = jnp.float32(learning_rate)  # one device scalar for the round's steps
         for _ in range(steps):
             current, opt_state = _finish_step(
                 current,
@@ -341,7 +345,7 @@ def finish_on_hard_set(
                 hard.indices,
                 hard.count,
                 classes,
-                jnp.float32(learning_rate),
+                rate,
                 apply_fn=apply_fn,
                 dataset=dataset,
                 rows=rows,
