@@ -207,3 +207,13 @@ def test_train_finish_options_reach_the_config_and_a_bad_step_is_one_line(tmp_pa
     bad = runner.invoke(main, [*args, *backtrack, "--out", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
     assert "finish_backtrack" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_train_restore_best_reaches_the_config(tmp_path):
+    runner = CliRunner()
+    args = ["train", "--scenario", "cli-4b1s", "--epochs", "2", "--batch-size", "4", "--quiet"]
+    trained = runner.invoke(main, [*args, "--restore-best", "--out", str(tmp_path), "--json"])
+    assert trained.exit_code == 0, trained.output
+    document = json.loads((tmp_path / "result.json").read_text())
+    assert document["config"]["restore_best"] is True
+    assert document["history"]["restore_best"]["best_epoch"] == 1

@@ -14,6 +14,7 @@ from optinc_jax import (
     evaluate_exhaustive,
     finish_on_hard_set,
     load_run,
+    make_scenario,
     projection_diag_unitary,
     receiver_hinge,
     symbol_margins,
@@ -241,3 +242,25 @@ def test_backtracking_undoes_a_round_that_raised_the_hinge_and_shortens_the_step
         TrainConfig(finish_rounds=1, finish_backtrack=-0.5)
     config = TrainConfig(finish_rounds=3, finish_backtrack=0.5)
     assert TrainConfig.from_json(config.to_json()) == config
+
+
+def test_a_network_the_finishing_brings_to_full_accuracy_is_not_refit(tmp_path):
+    # trained on past its first 100 % (epoch 2 of 6): the finishing finds it right
+    # everywhere at its round 0
+    scenario = make_scenario(
+        "finish-4b1s", bits=4, servers=1, layers=(2, 16, 2), approx=(1, 2), inputs=2
+    )
+    config = _short_finished_run(
+        scenario=scenario,
+        epochs=6,
+        steps_per_epoch=200,
+        batch_size=4,
+        switch_epoch=3,
+        learning_rate=1e-2,
+        stop_at_full_accuracy=False,
+    )
+    assert config.approx == "none"
+    result = train_onn(config, tmp_path, progress=False)
+    assert result.record["history"]["finish"]["wrong_after"] == 0
+    assert "refit" not in result.record["history"]
+    assert result.evaluation.correct == result.evaluation.total

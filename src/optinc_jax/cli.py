@@ -477,6 +477,13 @@ def _format_finetune_entry(entry: dict[str, Any] | None) -> list[str]:
     "(0: never, a constant step) [default: the preset's, else 0].",
 )
 @click.option(
+    "--restore-best/--no-restore-best",
+    default=None,
+    help="After the last epoch, continue (finishing, refit, result) from the scored epoch "
+    "with the fewest wrong inputs when the last one has more (the paper keeps the last) "
+    "[default: the preset's, else off].",
+)
+@click.option(
     "--noise-model",
     type=click.Choice(NOISE_MODEL_NAMES),
     help="After training, fine-tune the deployed circuit under this non-ideality.",
@@ -521,6 +528,7 @@ def train_command(
     finish_learning_rate: float | None,
     finish_balance: bool | None,
     finish_backtrack: float | None,
+    restore_best: bool | None,
     noise_model: str | None,
     noise_strength: float | None,
     noise_epochs: int | None,
@@ -570,6 +578,7 @@ def train_command(
         "finish_learning_rate": finish_learning_rate,
         "finish_balance": finish_balance,
         "finish_backtrack": finish_backtrack,
+        "restore_best": restore_best,
         "noise_model": noise_model,
         "noise_strength": noise_strength,
         "noise_epochs": noise_epochs,

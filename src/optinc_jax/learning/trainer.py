@@ -525,7 +525,8 @@ def load_run(workdir: str | Path, *, dataset: Dataset | None = None) -> LoadedRu
                 f"({record['dataset']['repr']}); pass it as dataset="
             )
         setup = build_training(config, dataset)
-        state, epoch, _ = checkpointer.restore(setup.initial_state)
+        saved, epoch, _ = checkpointer.restore(_saved_tree(config, setup.initial_state, None))
+        state = saved[0] if config.restore_best else saved
     finally:
         checkpointer.close()
     params = _hardware_params(config, setup.approx_layers, epoch, state.params)
@@ -672,13 +673,22 @@ def _train_locked(
     checkpointer = TrainCheckpointer(workdir / CHECKPOINT_DIR)
     start_epoch, train_seconds, done, first_full = 0, 0.0, False, None
     hard = None
+    # with restore_best: the scored network with the fewest wrong inputs so far, its epoch
+    # and count (a copy: the epochs donate the state's buffers)
+    best_params, best_scored = None, None
     try:
         if checkpointer.latest_epoch() is not None:
             if not resume:
                 raise CheckpointError(
                     f"{workdir} already holds checkpoints; pass resume=True (--resume) to continue"
                 )
-            state, start_epoch, record = checkpointer.restore(state)
+            saved, start_epoch, record = checkpointer.restore(_saved_tree(config, state, None))
+            state = saved
+            if config.restore_best:
+                state, best_params = saved
+                best_scored = record.get("best_scored")
+                if best_scored is None:
+                    best_params = None
             missing = sorted(set(_RECORD_KEYS) - set(record))
             if missing:
                 raise CheckpointError(
@@ -701,6 +711,8 @@ def _train_locked(
                 )
         if mesh is not None:
             state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+            if best_params is not None:
+                best_params = jax.device_put(best_params, NamedSharding(mesh, PartitionSpec()))
         # The dataset's samples grouped by target, once per run that trains, for the
         # balanced draws and the balanced finishing (neither a reloaded run nor a finished
         # one returned above needs them).
@@ -760,9 +772,15 @@ def _train_locked(
                 bar.close()
                 _stop_diverged(workdir, config_json, epoch, loss, history, checkpointer)
             history["loss"].append(loss)
+            if epoch == config.epochs and best_params is not None:
+                state = _restore_best(
+                    config, setup, epoch, state, history, best_params, best_scored
+                )
             if epoch == config.epochs and config.finish_rounds:
                 state = _finish_at_end(config, setup, epoch, state, history, mesh, classes)
-            if epoch == config.epochs and config.refit_iterations:
+            # a network the finishing brought to 100 % is not refit (nothing left to fix)
+            finished_full = history.get("finish", {}).get("wrong_after") == 0
+            if epoch == config.epochs and config.refit_iterations and not finished_full:
                 state = _refit_at_end(config, setup, epoch, state, history, mesh)
             if config.evaluation_due(epoch):
                 margin = 0.0
@@ -797,21 +815,28 @@ def _train_locked(
                         "train_seconds": train_seconds + time.perf_counter() - tic,
                     }
                 done = config.stop_at_full_accuracy and full and margin >= config.stop_margin
+                if config.restore_best and epoch < config.epochs:
+                    if best_scored is None or correct >= best_scored["correct"]:
+                        # what was scored: the hardware's parameters (a copy, the next
+                        # epoch donates the state's buffers); the latest among equals
+                        best_scored = {"epoch": epoch, "correct": int(correct)}
+                        best_params = jax.tree.map(
+                            jnp.copy, _hardware_params(config, approx_layers, epoch, state.params)
+                        )
             train_seconds += time.perf_counter() - tic
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs or done:
-                checkpointer.save(
-                    epoch,
-                    state,
-                    {
-                        "config": config_json,
-                        "scenario": scenario.to_json(),
-                        "dataset": _dataset_description(dataset),
-                        "history": history,
-                        "train_seconds": train_seconds,
-                        "stopped_at_full_accuracy": done,
-                        "first_full_accuracy": first_full,
-                    },
-                )
+                record = {
+                    "config": config_json,
+                    "scenario": scenario.to_json(),
+                    "dataset": _dataset_description(dataset),
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "stopped_at_full_accuracy": done,
+                    "first_full_accuracy": first_full,
+                }
+                if config.restore_best:
+                    record["best_scored"] = best_scored
+                checkpointer.save(epoch, _saved_tree(config, state, best_params), record)
             bar.update(1)
             bar.set_postfix(
                 stage=stage,
@@ -943,6 +968,47 @@ def _revive(
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     return state
+
+
+def _saved_tree(config: TrainConfig, state: TrainState, best_params):
+    """The pytree a checkpoint holds: the state, with ``restore_best`` also the best network.
+
+    ``best_params`` ``None`` (no epoch scored yet, or a restore's template) stands for the
+    state's own parameters, which have the best network's structure.
+    """
+    if not config.restore_best:
+        return state
+    return state, state.params if best_params is None else best_params
+
+
+def _restore_best(
+    config: TrainConfig,
+    setup: TrainingSetup,
+    epoch: int,
+    state: TrainState,
+    history: dict,
+    best_params,
+    best_scored: dict,
+) -> TrainState:
+    """The state with the best scored network's parameters, if the last one is worse.
+
+    ``restore_best``; not in the paper. The last epoch's network is scored (one pass over
+    the dataset) and replaced by the best earlier one only if that has fewer wrong inputs.
+    What happened goes to ``history["restore_best"]``: the best epoch, its wrong inputs,
+    the last network's, and whether it was restored.
+    """
+    _, diagnostics = _score_hard_samples(config, setup, epoch, state.params)
+    size = setup.dataset.size
+    last_wrong = size - int(diagnostics["correct"])
+    best_wrong = size - int(best_scored["correct"])
+    restored = best_wrong < last_wrong
+    history["restore_best"] = {
+        "best_epoch": best_scored["epoch"],
+        "best_wrong": best_wrong,
+        "last_wrong": last_wrong,
+        "restored": restored,
+    }
+    return state._replace(params=best_params) if restored else state
 
 
 def _refit_at_end(
