@@ -100,7 +100,7 @@ def test_the_last_epoch_worse_than_the_best_is_replaced_by_it(tmp_path, spoiled_
     assert _wrong_by_epoch(last.record) | {CONFIG.epochs: fewest} == wrong
 
 
-def test_a_last_epoch_as_good_as_the_best_is_kept(tmp_path):
+def test_an_unspoiled_run_ends_with_the_better_of_its_best_and_its_last(tmp_path):
     result = train_onn(CONFIG, tmp_path, progress=False)
     restore = result.record["history"]["restore_best"]
     wrong = _wrong_by_epoch(result.record)
